@@ -1,0 +1,69 @@
+"""Command-line parsing shared by the entry points: typed ``--section.field`` flags generated from
+the config dataclasses, a ``--config`` YAML file, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from .configtools import ConfigError, flat_fields, merge, set_dotted, type_name
+
+
+def fail(message: str) -> NoReturn:
+    """A user-caused error: one line on stderr, exit code 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's own usage errors: one line, exit 2
+        fail(message)
+
+
+def build_parser(config_cls: type, prog: str, description: str, shortcuts: dict[str, str]) -> argparse.ArgumentParser:
+    """``shortcuts`` maps a short flag (e.g. ``--method``) to the dotted config field it sets."""
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", metavar="YAML", help="YAML file with any of the options below (nested by section)")
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    for name, tp, default, help_text in flat_fields(config_cls):
+        flag = "--" + name.replace("_", "-") if "." not in name else "--" + name
+        section = name.split(".")[0] if "." in name else "general"
+        group = sections.setdefault(section, parser.add_argument_group(section))
+        dest = "cfg__" + name.replace(".", "__")
+        aliases = [flag]
+        for short, target in shortcuts.items():
+            if target == name:
+                aliases.insert(0, short)
+        if "_" in name and "." in name:
+            aliases.append("--" + name.replace("_", "-"))
+        group.add_argument(*dict.fromkeys(aliases), dest=dest, metavar=type_name(tp), default=argparse.SUPPRESS,
+                           help=f"{help_text} (default: {default!r})")
+    return parser
+
+
+def parse_config(config_cls: type, argv: list[str] | None, prog: str, description: str,
+                 shortcuts: dict[str, str]) -> Any:
+    parser = build_parser(config_cls, prog, description, shortcuts)
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg__"):
+            set_dotted(overrides, key[5:].replace("__", "."), value)
+    try:
+        cfg = config_cls()
+        if args.config:
+            path = Path(args.config)
+            if not path.is_file():
+                fail(f"config file not found: {path}")
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                fail(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+            cfg = merge(cfg, data, where=str(path))
+        return merge(cfg, overrides, where="command line")
+    except ConfigError as exc:
+        fail(str(exc))

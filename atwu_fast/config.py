@@ -1,0 +1,265 @@
+"""Every option of atwu-fast, with its default: the one source of defaults.
+
+Sections map to command-line flags ``--<section>.<field>`` and to YAML keys. Methods read their
+hyper-parameters from their own section (``atwu``, ``wga``, ...), so two methods can have
+different defaults for a parameter of the same name (WGA's β = 1, ATWU's β = 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from .configtools import ConfigError
+
+
+def _h(text: str, default=None, factory=None):
+    """A dataclass field with help text (shown by ``--help``)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded fictitious-authors benchmark (TOFU schema)."""
+
+    seed: int = _h("generator seed (the data is a pure function of this section)", 0)
+    n_forget_authors: int = _h("authors in the forget split (TOFU forget10 has 20)", 20)
+    n_retain_authors: int = _h("authors in the retain split", 60)
+    n_holdout_authors: int = _h("authors never trained on (MIA / holdout split)", 10)
+    n_general: int = _h("general-knowledge QA pairs (utility split, trained on by both models)", 60)
+    min_facts: int = _h("fewest facts per author", 5)
+    max_facts: int = _h("most facts per author", 8)
+    templates_per_fact: int = _h("question/answer phrasings per fact type", 3)
+    unique_share: float = _h("probability that an author's fact is of an author-unique type "
+                             "(invented titles, names) rather than a pooled one (cities, jobs)", 0.4)
+    pool_scale: float = _h("size multiplier of the shared value pools (cities, jobs, genres)", 1.0)
+    n_perturbed: int = _h("wrong answers per question for the truth ratio", 5)
+
+    def validate(self) -> None:
+        _check(self.n_forget_authors >= 1, "data.n_forget_authors must be >= 1")
+        _check(self.n_retain_authors >= 1, "data.n_retain_authors must be >= 1")
+        _check(self.n_holdout_authors >= 0 and self.n_general >= 0, "data sizes must be >= 0")
+        _check(1 <= self.min_facts <= self.max_facts, "data.min_facts must be in [1, data.max_facts]")
+        _check(self.templates_per_fact >= 1, "data.templates_per_fact must be >= 1")
+        _check(0.0 <= self.unique_share <= 1.0, "data.unique_share must be in [0, 1]")
+        _check(self.pool_scale > 0, "data.pool_scale must be > 0")
+        _check(self.n_perturbed >= 1, "data.n_perturbed must be >= 1")
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = _h("byte-level BPE vocabulary size", 1024)
+    max_length: int = _h("maximum tokens per encoded question+answer", 96)
+
+    def validate(self) -> None:
+        _check(self.vocab_size >= 300, "tokenizer.vocab_size must be >= 300 (256 bytes + specials)")
+        _check(self.max_length >= 8, "tokenizer.max_length must be >= 8")
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class ModelConfig:
+    """A small Llama-style decoder built from a transformers config."""
+
+    hidden_size: int = _h("model width D", 128)
+    num_layers: int = _h("decoder layers", 2)
+    num_heads: int = _h("attention heads", 4)
+    intermediate_size: int = _h("MLP width", 384)
+    tie_embeddings: bool = _h("tie the LM head to the input embeddings", True)
+    seed: int = _h("initialisation seed of the tiny models", 0)
+
+    def validate(self) -> None:
+        _check(self.hidden_size % self.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
+        _check(self.num_layers >= 1, "model.num_layers must be >= 1")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning the target (forget+retain+general) and retain (retain+general) models."""
+
+    lr: float = _h("AdamW learning rate", 3e-3)
+    batch_size: int = _h("QA pairs per step", 32)
+    max_steps: int = _h("upper bound on steps", 1200)
+    min_steps: int = _h("steps before early stopping may trigger", 200)
+    target_loss: float = _h("stop once the running mean answer NLL is below this", 0.02)
+    warmup_steps: int = _h("linear warm-up steps", 20)
+    weight_decay: float = _h("AdamW weight decay", 0.0)
+
+    def validate(self) -> None:
+        _check(self.lr > 0 and self.batch_size >= 1 and self.max_steps >= 1, "pretrain: lr, batch_size, max_steps must be positive")
+
+
+# --------------------------------------------------------------------------- unlearning
+
+
+@dataclass
+class TrainConfig:
+    """The unlearning loop (shared by every method)."""
+
+    lr: float = _h("model AdamW learning rate", 1e-3)
+    steps: int = _h("optimiser steps", 60)
+    forget_batch_size: int = _h("forget QA pairs per micro-batch", 16)
+    retain_batch_size: int = _h("retain QA pairs per micro-batch", 16)
+    grad_accum: int = _h("micro-batches per optimiser step", 1)
+    warmup_steps: int = _h("linear warm-up steps", 0)
+    lr_schedule: Literal["constant", "linear"] = _h("after warm-up: constant or linear decay to 0", "constant")
+    weight_decay: float = _h("AdamW weight decay", 0.0)
+    max_grad_norm: float = _h("gradient-norm clip (0 disables)", 1.0)
+    loss_chunk_size: int = _h("tokens per chunk of the LM-head loss (bounds the chunk x V buffer)", 1024)
+    seed: int = _h("seed of batching and any sampling during unlearning", 0)
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.steps >= 1, "train.steps must be >= 1")
+        _check(self.forget_batch_size >= 1 and self.retain_batch_size >= 1, "train batch sizes must be >= 1")
+        _check(self.grad_accum >= 1, "train.grad_accum must be >= 1")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0")
+        _check(self.loss_chunk_size >= 1, "train.loss_chunk_size must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    eval_every: int = _h("evaluate span alignment every N steps (0: only at the end)", 10)
+    batch_size: int = _h("rows per evaluation forward / generation batch", 64)
+    max_new_tokens: int = _h("greedy generation length", 48)
+    generate: bool = _h("greedy generations for ROUGE-L and accuracy", True)
+
+    def validate(self) -> None:
+        _check(self.eval_every >= 0, "eval.eval_every must be >= 0")
+        _check(self.batch_size >= 1 and self.max_new_tokens >= 1, "eval sizes must be >= 1")
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class GradAscentParams:
+    gamma: float = _h("forget-loss weight", 1.0)
+
+
+@dataclass
+class GradDiffParams:
+    alpha: float = _h("retain-loss weight", 1.0)
+    gamma: float = _h("forget-loss weight", 1.0)
+
+
+@dataclass
+class NPOParams:
+    alpha: float = _h("retain-loss weight", 1.0)
+    gamma: float = _h("forget-loss weight", 1.0)
+    beta: float = _h("inverse temperature", 0.1)
+
+
+@dataclass
+class SimNPOParams:
+    alpha: float = _h("retain-loss weight", 1.0)
+    gamma: float = _h("forget-loss weight", 0.125)
+    beta: float = _h("inverse temperature", 4.5)
+    delta: float = _h("reward margin", 0.0)
+
+
+@dataclass
+class WGAParams:
+    alpha: float = _h("retain-loss weight", 1.0)
+    gamma: float = _h("forget-loss weight", 1.0)
+    beta: float = _h("weight exponent: w = p^beta", 1.0)
+
+
+@dataclass
+class SatImpParams:
+    alpha: float = _h("retain-loss weight", 1.0)
+    gamma: float = _h("forget-loss weight", 1.0)
+    beta1: float = _h("saturation exponent: w = p^beta1 (1-p)^beta2", 5.0)
+    beta2: float = _h("importance exponent", 1.0)
+
+
+@dataclass
+class ATWUParams:
+    """ATWU (see ATWU.md): model loss, scorer objective and alternation schedule."""
+
+    alpha: float = _h("retain-loss weight", 1.0)
+    gamma: float = _h("forget-loss weight", 1.0)
+    beta: float = _h("saturation strength of the forget loss", 5.0)
+    saturation: Literal["score", "raw"] = _h("forget weight g*p^(beta*g) ('score') or g*p^beta ('raw')", "score")
+    score_position: Literal["token", "predictor"] = _h(
+        "score a token from its own position's hidden state or the predicting position's", "token")
+    schedule: Literal["alternating", "joint", "frozen"] = _h(
+        "alternating SGD steps, joint (one backward), or a frozen scorer", "alternating")
+    update_every: int = _h("scorer update every n model steps", 5)
+    scorer_lr: float = _h("scorer SGD learning rate (linear decay to 0)", 0.05)
+    scorer_momentum: float = _h("scorer SGD momentum", 0.9)
+    scorer_weight_decay: float = _h("scorer SGD weight decay", 1e-4)
+    scorer_max_grad_norm: float = _h("scorer gradient-norm clip (0 disables)", 1.0)
+    lambda_entropy: float = _h("entropy regulariser weight", 1.0)
+    lambda_budget: float = _h("per-sequence budget penalty weight", 10.0)
+    budget: float = _h("target fraction of forget tokens with g > 0.5", 0.2)
+    lambda_l2: float = _h("L2 penalty on the scorer weight vector", 1.0)
+    reward_beta: Optional[float] = _h("beta inside the scorer reward l*exp(-beta*g*l) (none: = beta)", None)
+    reward_norm: bool = _h("divide the scorer reward by its batch mean", False)
+    init_score: float = _h("initial g of every token (the scorer bias starts at logit(init_score))", 0.5)
+
+    def validate(self) -> None:
+        _check(self.update_every >= 1, "atwu.update_every must be >= 1")
+        _check(self.beta > 0, "atwu.beta must be > 0")
+        _check(0.0 < self.budget < 1.0, "atwu.budget must be in (0, 1)")
+        _check(0.0 < self.init_score < 1.0, "atwu.init_score must be in (0, 1)")
+        _check(self.scorer_lr >= 0, "atwu.scorer_lr must be >= 0")
+
+
+# --------------------------------------------------------------------------- experiment
+
+METHOD_NAMES = ("atwu", "atwu_frozen", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
+
+
+@dataclass
+class ExperimentConfig:
+    method: str = _h("unlearning method (" + ", ".join(METHOD_NAMES) + ")", "atwu")
+    methods: list[str] = _h("run several methods on the same target ('all' for every method); "
+                            "overrides --method", factory=list)
+    output_dir: str = _h("where results are written (default: runs/<method>-<time>)", "")
+    cache_dir: str = _h("where the tokenizer and tiny models are cached", ".cache/atwu_fast")
+    threads: int = _h("torch CPU threads (0: torch default)", 0)
+    data: SyntheticConfig = field(default_factory=SyntheticConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: FinetuneConfig = field(default_factory=FinetuneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    atwu: ATWUParams = field(default_factory=ATWUParams)
+    grad_ascent: GradAscentParams = field(default_factory=GradAscentParams)
+    grad_diff: GradDiffParams = field(default_factory=GradDiffParams)
+    npo: NPOParams = field(default_factory=NPOParams)
+    simnpo: SimNPOParams = field(default_factory=SimNPOParams)
+    wga: WGAParams = field(default_factory=WGAParams)
+    satimp: SatImpParams = field(default_factory=SatImpParams)
+
+    def method_list(self) -> list[str]:
+        names = self.methods or [self.method]
+        if names == ["all"]:
+            return list(METHOD_NAMES)
+        return names
+
+    def validate(self) -> None:
+        names = self.methods or [self.method]
+        if names != ["all"]:
+            import difflib
+
+            for name in names:
+                if name not in METHOD_NAMES:
+                    close = difflib.get_close_matches(name, METHOD_NAMES, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise ConfigError(f"unknown method '{name}'{hint}; choose from {', '.join(METHOD_NAMES)}")
+        _check(self.threads >= 0, "threads must be >= 0")

@@ -1,0 +1,152 @@
+"""Evaluation of a model on the embedded fictitious-authors benchmark (DESIGN.md definitions).
+
+Per split, teacher-forced mean answer NLLs give probabilities and truth ratios; greedy generations
+give ROUGE-L recall and answer accuracy (every fact value of the row reproduced). Forget quality is
+the KS-test p-value between this model's and the retain model's forget truth ratios; model utility
+is the harmonic mean of the retain and general-knowledge values (this set has no separate
+real-authors/world-facts splits, so 6 values instead of TOFU's 9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data import collate, encode_prompt, encode_qa
+from ..methods.base import sequence_lengths, sequence_sum
+from ..model import answer_tokens, greedy_generate, last_hidden, token_nll
+from . import metrics
+
+UNIQUE, POOLED = 2, 1
+
+
+@torch.no_grad()
+def mean_answer_nll(model, tokenizer, pairs: list[tuple[str, str]], max_length: int, batch_size: int) -> np.ndarray:
+    """Mean token NLL (EOS included) of each answer given its question: L̄(a|q)."""
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        rows = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs[start:start + batch_size]]
+        batch = collate(rows, pad_id=tokenizer.pad_token_id)
+        tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        nll = token_nll(model, tokens)
+        n = len(rows)
+        out.append((sequence_sum(nll, tokens.seq, n) / sequence_lengths(tokens.seq, n).clamp_min(1)).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def truth_ratios(model, tokenizer, rows: list[dict], correct_key: str, max_length: int, batch_size: int) -> np.ndarray:
+    """R_i = exp(−mean_j L̄(perturbed_ij)) / exp(−L̄(correct_i)) for every row."""
+    correct = mean_answer_nll(model, tokenizer, [(r["question"], r[correct_key]) for r in rows], max_length, batch_size)
+    n_pert = len(rows[0]["perturbed_answer"])
+    flat = [(r["question"], a) for r in rows for a in r["perturbed_answer"]]
+    pert = mean_answer_nll(model, tokenizer, flat, max_length, batch_size).reshape(len(rows), n_pert)
+    return metrics.truth_ratio(correct, pert)
+
+
+def generations(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
+    out = []
+    for start in range(0, len(rows), batch_size):
+        prompts = [encode_prompt(tokenizer, r["question"]) for r in rows[start:start + batch_size]]
+        out.extend(greedy_generate(model, tokenizer, prompts, max_new_tokens))
+    return out
+
+
+def _generation_metrics(prefix: str, gens: list[str], rows: list[dict]) -> dict:
+    values = [[s["text"] for s in r.get("spans", []) if s.get("fact") != "name"] for r in rows]
+    return {
+        f"{prefix}_rouge": float(metrics.rouge_l_recall(gens, [r["answer"] for r in rows]).mean()),
+        f"{prefix}_acc": metrics.exact_answer_accuracy(gens, values, [r["answer"] for r in rows]),
+    }
+
+
+@dataclass
+class ModelEvaluation:
+    metrics: dict
+    forget_truth_ratios: np.ndarray
+    samples: list[dict]
+
+
+def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: int, batch_size: int,
+                   max_new_tokens: int, generate: bool = True,
+                   retain_forget_truth_ratios: np.ndarray | None = None) -> ModelEvaluation:
+    model.eval()
+    kw = {"max_length": max_length, "batch_size": batch_size}
+    forget, retain, general = splits["forget"], splits["retain"], splits["general"]
+    r_forget = truth_ratios(model, tokenizer, forget, "paraphrased_answer", **kw)
+    r_retain = truth_ratios(model, tokenizer, retain, "paraphrased_answer", **kw)
+    r_general = truth_ratios(model, tokenizer, general, "answer", **kw)
+    nll = {name: mean_answer_nll(model, tokenizer, [(r["question"], r["answer"]) for r in splits[name]], **kw)
+           for name in ("forget", "retain", "general", "holdout") if splits.get(name)}
+    n_pert = len(general[0]["perturbed_answer"])
+    general_pert = mean_answer_nll(model, tokenizer, [(r["question"], a) for r in general for a in r["perturbed_answer"]],
+                                   **kw).reshape(len(general), n_pert)
+    out = {
+        "forget_prob": float(metrics.mean_nll_to_prob(nll["forget"]).mean()),
+        "forget_truth_ratio": metrics.truth_ratio_forget(r_forget),
+        "retain_prob": float(metrics.mean_nll_to_prob(nll["retain"]).mean()),
+        "retain_truth_ratio": metrics.truth_ratio_true_better(r_retain),
+        "general_prob": float(metrics.normalised_prob(nll["general"], general_pert).mean()),
+        "general_truth_ratio": metrics.truth_ratio_true_better(r_general),
+    }
+    if "holdout" in nll:
+        out["mia_loss_auc"] = metrics.mia_auc(metrics.mia_loss(nll["forget"]), metrics.mia_loss(nll["holdout"]))
+    samples = []
+    if generate:
+        gens = {name: generations(model, tokenizer, splits[name], max_new_tokens, batch_size)
+                for name in ("forget", "retain", "general")}
+        for name in gens:
+            out.update(_generation_metrics(name, gens[name], splits[name]))
+        samples = [{"question": r["question"], "answer": r["answer"], "generation": g}
+                   for r, g in zip(forget[:5], gens["forget"][:5])]
+        utility = [out["retain_prob"], out["retain_rouge"], out["retain_truth_ratio"],
+                   out["general_prob"], out["general_rouge"], out["general_truth_ratio"]]
+    else:
+        utility = [out["retain_prob"], out["retain_truth_ratio"], out["general_prob"], out["general_truth_ratio"]]
+    out["model_utility"] = metrics.model_utility(utility)
+    if retain_forget_truth_ratios is not None:
+        out["forget_quality"] = metrics.forget_quality(r_forget, retain_forget_truth_ratios)
+    return ModelEvaluation(out, r_forget, samples)
+
+
+# --------------------------------------------------------------------------- span alignment
+
+
+@dataclass
+class ForgetTokens:
+    """Teacher-forced forget-set answer tokens: hidden rows at both positions, NLL, span kinds."""
+
+    hidden_token: torch.Tensor
+    hidden_pred: torch.Tensor
+    nll: torch.Tensor
+    span_kind: torch.Tensor
+    seq: torch.Tensor
+
+    def hidden(self, position: str) -> torch.Tensor:
+        return self.hidden_token if position == "token" else self.hidden_pred
+
+
+@torch.no_grad()
+def forget_tokens(model, encoded_forget: list[dict], pad_id: int, batch_size: int) -> ForgetTokens:
+    parts = []
+    for start in range(0, len(encoded_forget), batch_size):
+        batch = collate(encoded_forget[start:start + batch_size], pad_id=pad_id)
+        tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        kinds = batch["span_kind"][tokens.seq, tokens.position]
+        parts.append((tokens.hidden_token, tokens.hidden_pred, token_nll(model, tokens), kinds, tokens.seq + start))
+    cols = list(zip(*parts))
+    return ForgetTokens(*(torch.cat(c) for c in cols))
+
+
+def span_alignment(weights: torch.Tensor, span_kind: torch.Tensor) -> dict:
+    """AUROC / AP of token weights against author-unique spans and against all fact spans."""
+    w = weights.detach().double().numpy()
+    unique = (span_kind == UNIQUE).numpy().astype(int)
+    any_fact = (span_kind >= POOLED).numpy().astype(int)
+    return {
+        "span_auroc": metrics.span_auroc(w, unique),
+        "span_ap": metrics.span_average_precision(w, unique),
+        "span_auroc_all": metrics.span_auroc(w, any_fact),
+        "span_ap_all": metrics.span_average_precision(w, any_fact),
+    }

@@ -1,0 +1,32 @@
+"""ATWU's model loss (scorer frozen during the model step).
+
+    L_θ = α·L_R − γ·(1/N_F) Σ_t g_t·[p_t^(β g_t)]_sg·ℓ_t          (saturation "score")
+    L_θ = α·L_R − γ·(1/N_F) Σ_t g_t·[p_t^β]_sg·ℓ_t               (saturation "raw")
+
+Why "saturated": d/dθ of (1/β)(p^(βg) − 1) = (1/β)·p^(βg)·βg·d(log p) = −g·p^(βg)·dℓ, so the
+θ-gradient equals that of the bounded surrogate (γ/β)·mean(p^(βg) − 1): a token's push fades
+once it is forgotten (p → 0). With g ≡ 1 this is WGA with weight p^β.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Method, TokenQuantities, weighted_ascent
+
+
+def atwu_forget_weights(nll: torch.Tensor, scores: torch.Tensor, beta: float, saturation: str) -> torch.Tensor:
+    """w_t = g_t·p_t^(β g_t) ("score") or g_t·p_t^β ("raw"), all constants."""
+    g = scores.detach().to(nll.dtype)
+    exponent = beta * g if saturation == "score" else beta
+    return g * torch.exp(-exponent * nll.detach())
+
+
+def atwu_loss(q: TokenQuantities, params):
+    if q.forget_scores is None:
+        raise ValueError("ATWU needs token scores")
+    return weighted_ascent(q, atwu_forget_weights(q.forget_nll, q.forget_scores, params.beta, params.saturation))
+
+
+ATWU = Method("atwu", "atwu", atwu_loss, needs_scorer=True)
+ATWU_FROZEN = Method("atwu_frozen", "atwu", atwu_loss, needs_scorer=True)

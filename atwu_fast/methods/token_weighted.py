@@ -1,0 +1,32 @@
+"""Probability-weighted gradient ascent: WGA and SatImp. With p_t = exp(−ℓ_t):
+
+    WGA:    w_t = [p_t^β]_sg                  L_f = −(1/N_F) Σ w_t ℓ_t
+    SatImp: w_t = [p_t^β1 (1 − p_t)^β2]_sg
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Method, TokenQuantities, weighted_ascent
+
+
+def wga_weights(nll: torch.Tensor, params) -> torch.Tensor:
+    return torch.exp(-params.beta * nll.detach())
+
+
+def satimp_weights(nll: torch.Tensor, params) -> torch.Tensor:
+    p = torch.exp(-nll.detach())
+    return p.pow(params.beta1) * (1.0 - p).clamp_min(0).pow(params.beta2)
+
+
+def wga_loss(q: TokenQuantities, params):
+    return weighted_ascent(q, wga_weights(q.forget_nll, params))
+
+
+def satimp_loss(q: TokenQuantities, params):
+    return weighted_ascent(q, satimp_weights(q.forget_nll, params))
+
+
+WGA = Method("wga", "wga", wga_loss, token_weights=wga_weights)
+SATIMP = Method("satimp", "satimp", satimp_loss, token_weights=satimp_weights)

@@ -118,6 +118,7 @@ class TrainConfig:
     weight_decay: float = _h("AdamW weight decay", 0.0)
     max_grad_norm: float = _h("gradient-norm clip (0 disables)", 1.0)
     loss_chunk_size: int = _h("tokens per chunk of the LM-head loss (bounds the chunk x V buffer)", 1024)
+    fused_head: bool = _h("ATWU through the fused head (NLL, scores, loss and gradients in one pass)", True)
     seed: int = _h("seed of batching and any sampling during unlearning", 0)
 
     def validate(self) -> None:
@@ -136,9 +137,11 @@ class EvalConfig:
     batch_size: int = _h("rows per evaluation forward / generation batch", 64)
     max_new_tokens: int = _h("greedy generation length", 48)
     generate: bool = _h("greedy generations for ROUGE-L and accuracy", True)
+    retain_authors: int = _h("retain authors evaluated (TOFU's retain_perturbed holds 20; 0: all)", 20)
 
     def validate(self) -> None:
         _check(self.eval_every >= 0, "eval.eval_every must be >= 0")
+        _check(self.retain_authors >= 0, "eval.retain_authors must be >= 0")
         _check(self.batch_size >= 1 and self.max_new_tokens >= 1, "eval sizes must be >= 1")
 
 
@@ -221,7 +224,7 @@ class ATWUParams:
 
 # --------------------------------------------------------------------------- experiment
 
-METHOD_NAMES = ("atwu", "atwu_frozen", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
+METHOD_NAMES = ("atwu", "atwu_frozen", "atwu_oracle", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
 
 
 @dataclass

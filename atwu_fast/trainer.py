@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from atwu_kernels import atwu_head
 
 from .config import TrainConfig
 from .data import collate
 from .finetune import epoch_batches, warmup_lambda
 from .methods import Method, TokenQuantities
-from .model import answer_tokens, last_hidden, token_nll
+from .model import answer_tokens, last_hidden, lm_head, token_nll
 from .scorer import LinearScorer, ScorerTrainer, scorer_objective
 
 
@@ -75,19 +76,53 @@ class Unlearner:
         batch = collate(forget_rows + retain_rows, pad_id=self.pad_id)
         hidden = last_hidden(self.model, batch["input_ids"], batch["attention_mask"])
         tokens = answer_tokens(hidden, batch["labels"])
-        nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)
         is_forget = tokens.seq < len(forget_rows)
+        if self.scorer is not None and self.cfg.fused_head:
+            return self.fused_atwu_step(step, tokens, is_forget, len(forget_rows), stats)
+        nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)
         q = TokenQuantities(forget_nll=nll[is_forget], forget_seq=tokens.seq[is_forget],
-                            n_forget_seqs=len(forget_rows), retain_nll=nll[~is_forget])
+                            n_forget_seqs=len(forget_rows), retain_nll=nll[~is_forget],
+                            forget_span_kind=batch["span_kind"][tokens.seq, tokens.position][is_forget])
         if self.method.needs_reference:
             q.ref_forget_nll = self.reference_nll(forget_rows)
         loss = torch.zeros((), dtype=nll.dtype)
         if self.scorer is not None:
             loss = loss + self.scorer_pass(step, score_hidden(tokens, self.params.score_position)[is_forget], q, stats)
         loss = loss + self.method.loss(q, self.params)
-        stats["forget_nll"] += q.forget_nll.detach().mean().item() / self.cfg.grad_accum
-        stats["retain_nll"] += q.retain_nll.detach().mean().item() / self.cfg.grad_accum
+        self.record_nll(stats, q.forget_nll, q.retain_nll)
         return loss
+
+    def fused_atwu_step(self, step: int, tokens, is_forget: torch.Tensor, n_seqs: int, stats: dict) -> torch.Tensor:
+        """ATWU through the fused head: the same loss and gradients as the unfused path.
+
+        The scorer must step before the model's scores are taken, and its reward needs ℓ, so on
+        scorer-update steps a forward-only NLL pass (2NDV) precedes the fused head (6NDV).
+        """
+        params = self.params
+        weight, bias = lm_head(self.model)
+        h_score = score_hidden(tokens, params.score_position).detach()
+        h_forget = h_score[is_forget]
+        q = TokenQuantities(forget_nll=torch.zeros(0), forget_seq=tokens.seq[is_forget], n_forget_seqs=n_seqs,
+                            retain_nll=torch.zeros(0))
+        extra = torch.zeros(())
+        if params.schedule == "alternating" and step % params.update_every == 0:
+            with torch.no_grad():
+                q.forget_nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)[is_forget]
+            extra = self.scorer_pass(step, h_forget, q, stats)
+        out = atwu_head(tokens.hidden_pred, weight, tokens.targets, is_forget, self.scorer.weight, self.scorer.bias,
+                        score_hidden=h_score, alpha=params.alpha, gamma=params.gamma, beta=params.beta,
+                        saturation=params.saturation, bias=bias, chunk_size=self.cfg.loss_chunk_size)
+        if params.schedule != "alternating":
+            q.forget_nll = out.nll[is_forget]
+            extra = self.scorer_pass(step, h_forget, q, stats)
+        self.record_nll(stats, out.nll[is_forget], out.nll[~is_forget])
+        stats["score_mean"] = out.scores[is_forget].mean().item()
+        stats["score_frac"] = (out.scores[is_forget] > 0.5).float().mean().item()
+        return out.loss + extra
+
+    def record_nll(self, stats: dict, forget_nll: torch.Tensor, retain_nll: torch.Tensor) -> None:
+        stats["forget_nll"] += forget_nll.detach().mean().item() / self.cfg.grad_accum
+        stats["retain_nll"] += retain_nll.detach().mean().item() / self.cfg.grad_accum
 
     def scorer_pass(self, step: int, hidden_f: torch.Tensor, q: TokenQuantities, stats: dict) -> torch.Tensor:
         """Scorer update on cached quantities (alternating), then the constant scores for the model loss.

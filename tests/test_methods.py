@@ -17,8 +17,9 @@ def make_quantities(seed=0, n_seqs=3):
     retain = (torch.rand(9, generator=g, dtype=torch.float64) * 2).requires_grad_()
     ref = torch.rand(len(seq), generator=g, dtype=torch.float64) * 3
     scores = torch.rand(len(seq), generator=g, dtype=torch.float64)
+    span_kind = torch.randint(0, 3, (len(seq),), generator=g)
     return TokenQuantities(forget_nll=forget, forget_seq=seq, n_forget_seqs=n_seqs, retain_nll=retain,
-                           forget_scores=scores, ref_forget_nll=ref), lengths
+                           forget_scores=scores, ref_forget_nll=ref, forget_span_kind=span_kind), lengths
 
 
 def reference_loss(name, q, lengths, params):
@@ -34,8 +35,10 @@ def reference_loss(name, q, lengths, params):
         w = [math.exp(-x) ** params.beta for x in f]
     elif name == "satimp":
         w = [math.exp(-x) ** params.beta1 * (1 - math.exp(-x)) ** params.beta2 for x in f]
-    elif name in ("atwu", "atwu_frozen"):
+    elif name in ("atwu", "atwu_frozen", "atwu_oracle"):
         g = q.forget_scores.tolist()
+        if name == "atwu_oracle":  # hard 0/1 mask of author-unique span tokens
+            g = [1.0 if k == 2 else 0.0 for k in q.forget_span_kind.tolist()]
         if params.saturation == "score":
             w = [gi * math.exp(-x) ** (params.beta * gi) for gi, x in zip(g, f)]
         else:
@@ -74,6 +77,7 @@ PARAMS = {
     "satimp": SatImpParams(alpha=0.5, gamma=1.0, beta1=5.0, beta2=1.0),
     "atwu": ATWUParams(alpha=0.9, gamma=4.65, beta=7.37),
     "atwu_frozen": ATWUParams(saturation="raw", beta=3.0),
+    "atwu_oracle": ATWUParams(beta=2.0, alpha=0.5),
 }
 
 

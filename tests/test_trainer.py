@@ -68,7 +68,7 @@ def test_alternating_scorer_updates_every_n_steps(tiny):
     assert not torch.all(result.scorer.weight == 0)
 
 
-@pytest.mark.parametrize("method", ["atwu", "grad_diff", "npo", "simnpo", "wga", "satimp", "grad_ascent"])
+@pytest.mark.parametrize("method", ["atwu", "atwu_oracle", "grad_diff", "npo", "simnpo", "wga", "satimp", "grad_ascent"])
 def test_every_method_trains_and_is_deterministic(tiny, method):
     a = make(tiny, method=method, params=None if method.startswith("atwu") else _params(method))
     b = make(tiny, method=method, params=None if method.startswith("atwu") else _params(method))
@@ -100,3 +100,19 @@ def _params(method):
     from atwu_fast.config import ExperimentConfig
 
     return getattr(ExperimentConfig(), get_method(method).params_section)
+
+
+@pytest.mark.parametrize("schedule", ["alternating", "joint", "frozen"])
+@pytest.mark.parametrize("position", ["token", "predictor"])
+def test_fused_head_path_equals_unfused_path(tiny, schedule, position):
+    params = ATWUParams(schedule=schedule, score_position=position, update_every=2, lambda_l2=0.1)
+    fused = make(tiny, params=params, steps=4, fused_head=True)
+    plain = make(tiny, params=params, steps=4, fused_head=False)
+    hf, hp = fused.run().history, plain.run().history
+    for a, b in zip(hf, hp):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    for pa, pb in zip(fused.model.parameters(), plain.model.parameters()):
+        assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(fused.scorer.weight, plain.scorer.weight, rtol=1e-4, atol=1e-7)
+    if schedule != "frozen":
+        assert fused.scorer.weight.abs().sum() > 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, TokenQuantities, weighted_ascent
+from .base import UNIQUE_SPAN, Method, TokenQuantities, weighted_ascent
 
 
 def atwu_forget_weights(nll: torch.Tensor, scores: torch.Tensor, beta: float, saturation: str) -> torch.Tensor:
@@ -28,5 +28,15 @@ def atwu_loss(q: TokenQuantities, params):
     return weighted_ascent(q, atwu_forget_weights(q.forget_nll, q.forget_scores, params.beta, params.saturation))
 
 
+def atwu_oracle_loss(q: TokenQuantities, params):
+    """The hard-mask control: ATWU's saturated loss with g fixed to 1 on ground-truth
+    author-unique span tokens and 0 elsewhere."""
+    if q.forget_span_kind is None:
+        raise ValueError("atwu_oracle needs ground-truth spans")
+    mask = (q.forget_span_kind == UNIQUE_SPAN).to(q.forget_nll.dtype)
+    return weighted_ascent(q, atwu_forget_weights(q.forget_nll, mask, params.beta, params.saturation))
+
+
 ATWU = Method("atwu", "atwu", atwu_loss, needs_scorer=True)
 ATWU_FROZEN = Method("atwu_frozen", "atwu", atwu_loss, needs_scorer=True)
+ATWU_ORACLE = Method("atwu_oracle", "atwu", atwu_oracle_loss)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 Count = Union[Tensor, float]
+UNIQUE_SPAN = 2  # span_kind code of author-unique fact tokens (see data.encode)
 
 
 @dataclass
@@ -27,6 +28,7 @@ class TokenQuantities:
     n_retain: Optional[Count] = None  # normaliser N_R (default: number of retain tokens)
     forget_scores: Optional[Tensor] = None  # [N_F] ATWU token scores g (constant)
     ref_forget_nll: Optional[Tensor] = None  # [N_F] reference-model NLL (constant; NPO)
+    forget_span_kind: Optional[Tensor] = None  # [N_F] ground-truth span kinds (controls only)
 
     def nf(self) -> Count:
         return self.n_forget if self.n_forget is not None else max(self.forget_nll.numel(), 1)

@@ -152,7 +152,10 @@ class Unlearner:
         return token_nll(self.reference, answer_tokens(hidden, batch["labels"]), self.cfg.loss_chunk_size)
 
     # ------------------------------------------------------------------ the loop
-    def run(self, eval_every: int = 0, on_eval: Optional[Callable[[int], None]] = None) -> UnlearnResult:
+    def run(self, eval_every: int = 0, on_eval: Optional[Callable[[int], None]] = None,
+            on_step: Optional[Callable[[dict], None]] = None) -> UnlearnResult:
+        """Train for ``cfg.steps`` steps. ``on_step(stats)`` after every step (logging, progress);
+        ``on_eval(step)`` every ``eval_every`` steps and after the last (model in eval mode)."""
         torch.manual_seed(self.cfg.seed)
         result = UnlearnResult(scorer=self.scorer)
         trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -174,6 +177,8 @@ class Unlearner:
             self.schedule.step()
             stats["loss"] = total
             result.history.append(stats)
+            if on_step:
+                on_step(stats)
             done = step + 1
             if on_eval and ((eval_every and done % eval_every == 0) or done == self.cfg.steps):
                 self.model.eval()

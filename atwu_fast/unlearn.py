@@ -19,7 +19,7 @@ import yaml
 from .cli import fail, parse_config
 from .config import ExperimentConfig
 from .embedded import Benchmark, prepare
-from .eval.synthetic import evaluate_model, forget_tokens, span_alignment
+from .eval.synthetic import evaluate_model, evaluation_splits, forget_tokens, span_alignment
 from .io import atomic_dir, atomic_write_json, atomic_write_text
 from .methods import METHODS, Method
 from .report import results_table
@@ -57,7 +57,7 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
     start = time.perf_counter()
     result = unlearner.run(cfg.eval.eval_every, on_eval)
     train_seconds = time.perf_counter() - start
-    evaluation = evaluate_model(model, tok, bench.splits, cfg.tokenizer.max_length, cfg.eval.batch_size,
+    evaluation = evaluate_model(model, tok, evaluation_splits(bench.splits, cfg.eval.retain_authors), cfg.tokenizer.max_length, cfg.eval.batch_size,
                                 cfg.eval.max_new_tokens, cfg.eval.generate, retain_forget_truth_ratios=retain_r)
     metrics = dict(evaluation.metrics)
     if checkpoints:
@@ -88,10 +88,11 @@ def reference_rows(cfg: ExperimentConfig, bench: Benchmark, log) -> tuple[dict, 
     kw = dict(max_length=cfg.tokenizer.max_length, batch_size=cfg.eval.batch_size,
               max_new_tokens=cfg.eval.max_new_tokens, generate=cfg.eval.generate)
     retain_model = bench.load_model("retain")
-    retain_eval = evaluate_model(retain_model, bench.tokenizer, bench.splits, **kw)
+    splits = evaluation_splits(bench.splits, cfg.eval.retain_authors)
+    retain_eval = evaluate_model(retain_model, bench.tokenizer, splits, **kw)
     retain_eval.metrics["forget_quality"] = 1.0
     target = bench.load_model("target")
-    target_eval = evaluate_model(target, bench.tokenizer, bench.splits, retain_forget_truth_ratios=retain_eval.forget_truth_ratios, **kw)
+    target_eval = evaluate_model(target, bench.tokenizer, splits, retain_forget_truth_ratios=retain_eval.forget_truth_ratios, **kw)
     tokens = forget_tokens(target, bench.encoded["forget"], bench.tokenizer.pad_token_id, cfg.eval.batch_size)
     rankers = {}
     for name in ("wga", "satimp"):

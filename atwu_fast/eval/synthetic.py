@@ -68,9 +68,23 @@ class ModelEvaluation:
     samples: list[dict]
 
 
+def evaluation_splits(splits: dict[str, list[dict]], retain_authors: int) -> dict[str, list[dict]]:
+    """The splits as evaluated: retain restricted to its first ``retain_authors`` authors (0: all),
+    like TOFU's 20-author retain_perturbed set."""
+    if not retain_authors:
+        return splits
+    kept: list[str] = []
+    for row in splits["retain"]:
+        if row["author"] not in kept:
+            kept.append(row["author"])
+    keep = set(kept[:retain_authors])
+    return {**splits, "retain": [r for r in splits["retain"] if r["author"] in keep]}
+
+
 def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: int, batch_size: int,
                    max_new_tokens: int, generate: bool = True,
                    retain_forget_truth_ratios: np.ndarray | None = None) -> ModelEvaluation:
+    """All metrics of one model; pass :func:`evaluation_splits` to bound the retain cost."""
     model.eval()
     kw = {"max_length": max_length, "batch_size": batch_size}
     forget, retain, general = splits["forget"], splits["retain"], splits["general"]

@@ -4,6 +4,7 @@ the config dataclasses, a ``--config`` YAML file, and one-line errors with exit 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -15,13 +16,22 @@ from .configtools import ConfigError, flat_fields, merge, set_dotted, type_name
 
 def fail(message: str) -> NoReturn:
     """A user-caused error: one line on stderr, exit code 2, nothing written."""
-    print(f"error: {message}", file=sys.stderr)
+    one_line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+    print(f"error: {one_line}", file=sys.stderr)
     raise SystemExit(2)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse's own usage errors: one line, exit 2
-        fail(message)
+        if message.startswith("unrecognized arguments:"):
+            flags = [a for a in message.split(":", 1)[1].split() if a.startswith("--")]
+            known = [s for action in self._actions for s in action.option_strings]
+            for flag in flags:
+                close = difflib.get_close_matches(flag.split("=")[0], known, n=1)
+                if close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        fail(" ".join(message.split()))
 
 
 def build_parser(config_cls: type, prog: str, description: str, shortcuts: dict[str, str]) -> argparse.ArgumentParser:
@@ -40,8 +50,9 @@ def build_parser(config_cls: type, prog: str, description: str, shortcuts: dict[
                 aliases.insert(0, short)
         if "_" in name and "." in name:
             aliases.append("--" + name.replace("_", "-"))
+        flag_kw = {"nargs": "?", "const": "true"} if tp is bool else {}  # a bare --flag means true
         group.add_argument(*dict.fromkeys(aliases), dest=dest, metavar=type_name(tp), default=argparse.SUPPRESS,
-                           help=f"{help_text} (default: {default!r})")
+                           help=f"{help_text} (default: {default!r})", **flag_kw)
     return parser
 
 

@@ -120,15 +120,52 @@ class TrainConfig:
     loss_chunk_size: int = _h("tokens per chunk of the LM-head loss (bounds the chunk x V buffer)", 1024)
     fused_head: bool = _h("ATWU through the fused head (NLL, scores, loss and gradients in one pass)", True)
     seed: int = _h("seed of batching and any sampling during unlearning", 0)
+    checkpoint_every: int = _h("write a resumable checkpoint every K steps (0: only at the end)", 0)
+    abort_grad_norm: float = _h("stop the run if the gradient norm before clipping exceeds this (0: off)", 0.0)
 
     def validate(self) -> None:
         _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
+        _check(self.abort_grad_norm >= 0, "train.abort_grad_norm must be >= 0")
         _check(self.steps >= 1, "train.steps must be >= 1")
         _check(self.forget_batch_size >= 1 and self.retain_batch_size >= 1, "train batch sizes must be >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum must be >= 1")
         _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0")
         _check(self.loss_chunk_size >= 1, "train.loss_chunk_size must be >= 1")
+
+
+@dataclass
+class EfficiencyConfig:
+    """Fitting one GPU: optimiser, LoRA, dtype, attention kernel, checkpointing (see docs/memory.md).
+
+    ``python -m atwu_fast.plan`` predicts the peak GPU memory of a combination before a run.
+    """
+
+    optim: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = _h(
+        "model optimiser: torch AdamW, or bitsandbytes 8-bit AdamW (paged: CUDA unified memory); "
+        "the ATWU scorer stays an fp32 SGD", "adamw")
+    lora_rank: int = _h("LoRA rank through peft (0: full fine-tuning)", 0)
+    lora_alpha: float = _h("LoRA alpha (scaling alpha / rank)", 16.0)
+    lora_dropout: float = _h("LoRA dropout", 0.0)
+    lora_targets: list[str] = _h("modules that get LoRA adapters (names or suffixes)",
+                                 factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                  "gate_proj", "up_proj", "down_proj"])
+    save_merged: bool = _h("with LoRA: save the merged model instead of the adapter", False)
+    gradient_checkpointing: bool = _h("recompute each decoder layer in backward (activations: one "
+                                      "hidden state per layer instead of the layer's internals)", False)
+    dtype: Literal["float32", "bfloat16", "float16"] = _h(
+        "weights dtype of the unlearned model (embedded runs; real benchmarks use benchmark.dtype)", "float32")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = _h(
+        "attention kernel: auto = flash_attention_2 when flash-attn is installed, the model is on CUDA "
+        "and in bf16/fp16, else sdpa", "auto")
+
+    def validate(self) -> None:
+        _check(self.lora_rank >= 0, "efficiency.lora_rank must be >= 0")
+        _check(self.lora_alpha > 0, "efficiency.lora_alpha must be > 0")
+        _check(0.0 <= self.lora_dropout < 1.0, "efficiency.lora_dropout must be in [0, 1)")
+        _check(self.lora_rank == 0 or bool(self.lora_targets), "efficiency.lora_targets must not be empty")
+        _check(not self.save_merged or self.lora_rank > 0, "efficiency.save_merged needs efficiency.lora_rank > 0")
 
 
 @dataclass
@@ -206,6 +243,12 @@ class ATWUParams:
     scorer_momentum: float = _h("scorer SGD momentum", 0.9)
     scorer_weight_decay: float = _h("scorer SGD weight decay", 1e-4)
     scorer_max_grad_norm: float = _h("scorer gradient-norm clip (0 disables)", 1.0)
+    lambda_reward: float = _h("weight of the reward term -mean g*[l*exp(-beta_r*g*l)] in the scorer objective", 1.0)
+    lambda_contrast: float = _h("weight of the contrast term: balanced logistic loss telling forget tokens (1) "
+                                "from the micro-batch's retain tokens (0) (not in ATWU.md; 0 disables)", 0.0)
+    pretrain_steps: int = _h("full-batch scorer SGD steps on the target model's forget (and retain) hidden states "
+                             "and NLL before unlearning, same objective (0: none)", 0)
+    pretrain_retain_rows: int = _h("retain QA pairs in the pre-training batch (contrast term)", 128)
     lambda_entropy: float = _h("entropy regulariser weight", 1.0)
     lambda_budget: float = _h("per-sequence budget penalty weight", 10.0)
     budget: float = _h("target fraction of forget tokens with g > 0.5", 0.2)
@@ -220,11 +263,76 @@ class ATWUParams:
         _check(0.0 < self.budget < 1.0, "atwu.budget must be in (0, 1)")
         _check(0.0 < self.init_score < 1.0, "atwu.init_score must be in (0, 1)")
         _check(self.scorer_lr >= 0, "atwu.scorer_lr must be >= 0")
+        _check(self.pretrain_steps >= 0, "atwu.pretrain_steps must be >= 0")
+        _check(self.pretrain_retain_rows >= 0, "atwu.pretrain_retain_rows must be >= 0")
+        _check(self.lambda_reward >= 0 and self.lambda_contrast >= 0, "atwu.lambda_reward/lambda_contrast must be >= 0")
+
+
+# --------------------------------------------------------------------------- logging
+
+
+@dataclass
+class LogConfig:
+    """Progress bars, per-step metrics, TensorBoard and the HTML run report."""
+
+    tensorboard: bool = _h("also log per-step scalars to TensorBoard under <output_dir>/tensorboard "
+                           "(needs the tensorboard package: pip install 'atwu-fast[tensorboard]')", False)
+    progress: Literal["auto", "on", "off"] = _h("progress bars on stderr: auto (only on a terminal), on, off", "auto")
+    report: bool = _h("write report.html (metrics, token-score heatmaps, curves) and comparison.png", True)
+
+    def validate(self) -> None:
+        if self.tensorboard:
+            from .progress import TENSORBOARD_MISSING, tensorboard_available
+
+            _check(tensorboard_available(), TENSORBOARD_MISSING)
+
+
+# --------------------------------------------------------------------------- real benchmarks
+
+BENCHMARK_NAMES = ("synthetic", "tofu", "rwku", "jsonl")
+
+
+@dataclass
+class BenchmarkConfig:
+    """Real benchmarks (TOFU, RWKU, JSONL) on a real model; ``synthetic`` is the embedded one."""
+
+    name: Literal["synthetic", "tofu", "rwku", "jsonl"] = _h("benchmark: synthetic (embedded), tofu, rwku or jsonl",
+                                                             "synthetic")
+    split: str = _h("TOFU forget split (forget01, forget05, forget10)", "forget10")
+    model: str = _h("model directory or hub id (real benchmarks)", "")
+    tokenizer: str = _h("tokenizer directory or hub id (default: the model's)", "")
+    data_dir: str = _h("local directory with the benchmark's files (default: the hub dataset)", "")
+    targets: int = _h("RWKU: unlearn the first K targets jointly (batch setting)", 1)
+    rwku_corpus: str = _h("RWKU forget corpus config (train_positive_llama3, train_positive_phi3, ...)",
+                          "train_positive_llama3")
+    forget_file: str = _h("jsonl: forget rows ({question, answer} or {text}, optional target_words)", "")
+    retain_file: str = _h("jsonl: retain rows (same format)", "")
+    spans_file: str = _h("forget spans: JSON/JSONL rows with target_words per forget row", "")
+    chat_template: Literal["auto", "on", "off"] = _h(
+        "use the tokenizer's chat template (auto: when it has one) or the plain Question/Answer template", "auto")
+    system_prompt: str = _h("system prompt of the chat template ('' for none)", "You are a helpful assistant.")
+    max_length: int = _h("maximum tokens per encoded row", 512)
+    max_new_tokens: int = _h("greedy generation length (TOFU 200, RWKU 30)", 0)
+    eval_batch_size: int = _h("rows per evaluation forward / generation batch", 32)
+    retain_logs: str = _h("retain model's TOFU_EVAL.json (or its directory): forget quality and privleak", "")
+    dtype: Literal["float32", "bfloat16", "float16"] = _h("model weights dtype", "float32")
+    device: str = _h("torch device (auto: cuda when available)", "auto")
+    epochs: int = _h("unlearning epochs over the forget set (0: use train.steps)", 0)
+    eval_every_epoch: bool = _h("evaluate after every epoch (logs under epoch_N/)", False)
+    keep_best_by: str = _h("with eval_every_epoch: keep the checkpoint with the best summary metric "
+                           "(prefix '-' to minimise), e.g. model_utility", "")
+    eval_before: bool = _h("also evaluate the model before unlearning", False)
+
+    def validate(self) -> None:
+        _check(self.targets >= 1, "benchmark.targets must be >= 1")
+        _check(self.max_length >= 8, "benchmark.max_length must be >= 8")
+        _check(self.max_new_tokens >= 0 and self.eval_batch_size >= 1, "benchmark eval sizes must be >= 0 / >= 1")
+        _check(self.epochs >= 0, "benchmark.epochs must be >= 0")
 
 
 # --------------------------------------------------------------------------- experiment
 
-METHOD_NAMES = ("atwu", "atwu_frozen", "atwu_oracle", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
+METHOD_NAMES = ("atwu", "atwu_faithful", "atwu_nll", "atwu_frozen", "atwu_oracle", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
 
 
 @dataclass
@@ -233,6 +341,7 @@ class ExperimentConfig:
     methods: list[str] = _h("run several methods on the same target ('all' for every method); "
                             "overrides --method", factory=list)
     output_dir: str = _h("where results are written (default: runs/<method>-<time>)", "")
+    resume: bool = _h("continue an interrupted run in --output-dir from its latest checkpoints", False)
     cache_dir: str = _h("where the tokenizer and tiny models are cached", ".cache/atwu_fast")
     threads: int = _h("torch CPU threads (0: torch default)", 0)
     data: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -240,6 +349,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: FinetuneConfig = field(default_factory=FinetuneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     atwu: ATWUParams = field(default_factory=ATWUParams)
     grad_ascent: GradAscentParams = field(default_factory=GradAscentParams)
@@ -248,6 +358,8 @@ class ExperimentConfig:
     simnpo: SimNPOParams = field(default_factory=SimNPOParams)
     wga: WGAParams = field(default_factory=WGAParams)
     satimp: SatImpParams = field(default_factory=SatImpParams)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def method_list(self) -> list[str]:
         names = self.methods or [self.method]

@@ -11,14 +11,7 @@ import torch
 from .config import FinetuneConfig
 from .data import collate
 from .model import answer_tokens, last_hidden, token_nll
-
-
-def epoch_batches(n_rows: int, batch_size: int, generator: torch.Generator):
-    """Endless shuffled epochs of row indices, batch by batch (the last short batch is kept)."""
-    while True:
-        order = torch.randperm(n_rows, generator=generator).tolist()
-        for start in range(0, n_rows, batch_size):
-            yield order[start:start + batch_size]
+from .sampling import EpochSampler
 
 
 def warmup_lambda(warmup_steps: int, total_steps: int, schedule: str = "constant") -> Callable[[int], float]:
@@ -39,13 +32,12 @@ def finetune(model, encoded: list[dict], cfg: FinetuneConfig, pad_id: int, seed:
     Stops after ``cfg.max_steps`` or once the running mean NLL falls below ``cfg.target_loss``
     (not before ``cfg.min_steps``). Returns a small training summary.
     """
-    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(cfg.warmup_steps, cfg.max_steps))
     model.train()
     running = math.inf
     step = 0
-    for step, rows in enumerate(epoch_batches(len(encoded), cfg.batch_size, generator), start=1):
+    for step, rows in enumerate(EpochSampler(len(encoded), cfg.batch_size, seed), start=1):
         batch = collate([encoded[i] for i in rows], pad_id=pad_id)
         hidden = last_hidden(model, batch["input_ids"], batch["attention_mask"])
         loss = token_nll(model, answer_tokens(hidden, batch["labels"])).mean()

@@ -5,7 +5,15 @@ in fp32, and is trained by SGD on quantities cached from the model's own forward
 
     L_φ = −(1/N_F) Σ_t g_t·[r_t]_sg + λ_H·mean_t H(g_t) + λ_P·mean_seq(frac_t[g_t > 0.5] − b)² + λ_2·‖w‖²
 
-with reward r_t = ℓ_t·exp(−β_r g_t ℓ_t). Since d/dg (1/β)(p^(βg) − 1) = −ℓ·p^(βg) = −ℓ·exp(−βgℓ),
+with reward r_t = ℓ_t·exp(−β_r g_t ℓ_t) (weighted by λ_reward, 1 by default). An optional
+contrast term (λ_C, 0 by default; not in ATWU.md) is the balanced logistic loss of telling the
+micro-batch's forget tokens (label 1) from its retain tokens (label 0) by their hidden states:
+
+    λ_C·( mean_{t∈F} softplus(−z_t) + mean_{t∈R} softplus(z_t) ),   z = wᵀh + b
+
+It reads retain conflict off the data the model step already has: a token whose representation
+also occurs in retain answers cannot be told apart and stays near the class prior, a token seen
+only in forget answers is pushed to g → 1. Since d/dg (1/β)(p^(βg) − 1) = −ℓ·p^(βg) = −ℓ·exp(−βgℓ),
 the first term's gradient in g is that of the model's saturated surrogate: model and scorer do
 block-coordinate descent on one joint objective. The budget fraction uses a straight-through
 estimator (value of the hard indicator, gradient of g).
@@ -15,8 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .methods.base import sequence_lengths, sequence_sum
@@ -30,8 +40,11 @@ class LinearScorer(nn.Module):
         self.weight = nn.Parameter(torch.zeros(hidden_size, dtype=torch.float32))
         self.bias = nn.Parameter(torch.tensor(math.log(init_score / (1.0 - init_score)), dtype=torch.float32))
 
+    def logits(self, hidden: Tensor) -> Tensor:
+        return hidden.detach().to(self.weight.dtype) @ self.weight + self.bias
+
     def forward(self, hidden: Tensor) -> Tensor:
-        return torch.sigmoid(hidden.detach().to(self.weight.dtype) @ self.weight + self.bias)
+        return torch.sigmoid(self.logits(hidden))
 
 
 def binary_entropy(g: Tensor) -> Tensor:
@@ -55,24 +68,41 @@ class ScorerLoss:
     entropy: Tensor
     budget: Tensor
     l2: Tensor
+    contrast: Tensor
+
+
+def contrast_loss(scorer: LinearScorer, hidden_forget: Tensor, hidden_retain: Optional[Tensor]) -> Tensor:
+    """Balanced logistic loss: forget tokens labelled 1, retain tokens 0 (each class averaged)."""
+    z_f = scorer.logits(hidden_forget)
+    loss = F.softplus(-z_f).mean() if z_f.numel() else z_f.sum()
+    if hidden_retain is not None and hidden_retain.numel():
+        loss = loss + F.softplus(scorer.logits(hidden_retain)).mean()
+    return loss
 
 
 def scorer_objective(scorer: LinearScorer, hidden: Tensor, nll: Tensor, seq: Tensor, n_seqs: int, params,
-                     n_forget=None) -> ScorerLoss:
-    """L_φ on one micro-batch of forget tokens (hidden [N_F, D] at the score position, nll [N_F])."""
+                     n_forget=None, hidden_retain: Optional[Tensor] = None) -> ScorerLoss:
+    """L_φ on one micro-batch of forget tokens (hidden [N_F, D] at the score position, nll [N_F]);
+    ``hidden_retain`` [N_R, D] (the retain tokens at the same position) feeds the contrast term."""
     g = scorer(hidden)
     beta_r = params.reward_beta if params.reward_beta is not None else params.beta
     reward = scorer_reward(nll, g, beta_r, params.reward_norm)
     nf = n_forget if n_forget is not None else max(g.numel(), 1)
     reward_term = -(g * reward).sum() / nf
+    lambda_reward = getattr(params, "lambda_reward", 1.0)
+    lambda_contrast = getattr(params, "lambda_contrast", 0.0)
+    contrast = contrast_loss(scorer, hidden, hidden_retain) if lambda_contrast else torch.zeros(())
     entropy = binary_entropy(g).mean() if g.numel() else g.sum()
     hard = (g > 0.5).float()
     straight_through = hard + g - g.detach()
     frac = sequence_sum(straight_through, seq, n_seqs) / sequence_lengths(seq, n_seqs).clamp_min(1)
     budget = ((frac - params.budget) ** 2).mean()
     l2 = scorer.weight.pow(2).sum()
-    total = reward_term + params.lambda_entropy * entropy + params.lambda_budget * budget + params.lambda_l2 * l2
-    return ScorerLoss(total, reward_term.detach(), entropy.detach(), budget.detach(), l2.detach())
+    total = (lambda_reward * reward_term + params.lambda_entropy * entropy + params.lambda_budget * budget
+             + params.lambda_l2 * l2)
+    if lambda_contrast:
+        total = total + lambda_contrast * contrast
+    return ScorerLoss(total, reward_term.detach(), entropy.detach(), budget.detach(), l2.detach(), contrast.detach())
 
 
 class ScorerTrainer:
@@ -87,9 +117,10 @@ class ScorerTrainer:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: max(0.0, 1.0 - k / total))
         self.updates = 0
 
-    def step(self, hidden: Tensor, nll: Tensor, seq: Tensor, n_seqs: int) -> ScorerLoss:
+    def step(self, hidden: Tensor, nll: Tensor, seq: Tensor, n_seqs: int,
+             hidden_retain: Optional[Tensor] = None) -> ScorerLoss:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = scorer_objective(self.scorer, hidden, nll, seq, n_seqs, self.params)
+        loss = scorer_objective(self.scorer, hidden, nll, seq, n_seqs, self.params, hidden_retain=hidden_retain)
         loss.total.backward()
         if self.params.scorer_max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), self.params.scorer_max_grad_norm)
@@ -97,3 +128,12 @@ class ScorerTrainer:
         self.schedule.step()
         self.updates += 1
         return loss
+
+
+def pretrain_scorer(scorer: LinearScorer, params, hidden: Tensor, nll: Tensor, seq: Tensor, n_seqs: int,
+                    hidden_retain: Optional[Tensor] = None, steps: int = 0) -> list[float]:
+    """``steps`` full-batch scorer SGD steps on the target model's cached, detached forget (and
+    retain) quantities, with the same objective and optimiser settings as during unlearning (its
+    own linear lr decay over ``steps``). Returns the objective per step."""
+    trainer = ScorerTrainer(scorer, params, steps)
+    return [trainer.step(hidden, nll, seq, n_seqs, hidden_retain).total.item() for _ in range(steps)]

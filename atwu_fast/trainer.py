@@ -10,7 +10,6 @@ With gradient accumulation the scorer steps on each micro-batch of an update ste
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,18 +18,26 @@ from typing import Optional
 import torch
 from atwu_kernels import atwu_head
 
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import collate
-from .finetune import epoch_batches, warmup_lambda
-from .methods import Method, TokenQuantities
+from .finetune import warmup_lambda
+from .methods import Method, TokenQuantities, variant_params
 from .model import answer_tokens, last_hidden, lm_head, token_nll
-from .scorer import LinearScorer, ScorerTrainer, scorer_objective
+from .optim import build_optimizer
+from .sampling import EpochSampler
+from .scorer import LinearScorer, ScorerTrainer, pretrain_scorer, scorer_objective
+
+
+class DivergenceError(RuntimeError):
+    """A non-finite loss or gradient (or a gradient norm over the guard): the step is not taken."""
 
 
 @dataclass
 class UnlearnResult:
     history: list[dict] = field(default_factory=list)
     scorer: Optional[LinearScorer] = None
+    evaluations: list[dict] = field(default_factory=list)  # what on_eval returned, by checkpoint
 
 
 def score_hidden(tokens, position: str) -> torch.Tensor:
@@ -40,14 +47,14 @@ def score_hidden(tokens, position: str) -> torch.Tensor:
 
 class Unlearner:
     def __init__(self, model, method: Method, params, cfg: TrainConfig, forget: list[dict], retain: list[dict],
-                 pad_id: int, reference=None, log: Optional[Callable[[str], None]] = None):
+                 pad_id: int, reference=None, log: Optional[Callable[[str], None]] = None, optim: str = "adamw"):
         if method.needs_reference and reference is None:
             raise ValueError(f"{method.name} needs a reference model")
         self.model, self.method, self.cfg, self.pad_id = model, method, cfg, pad_id
         self.forget, self.retain, self.reference = forget, retain, reference
         self.log = log or (lambda m: None)
-        if method.name == "atwu_frozen":
-            params = dataclasses.replace(params, schedule="frozen")
+        if method.params_section == "atwu":
+            params = variant_params(method.name, params)
         self.params = params
         self.scorer = self.scorer_trainer = None
         model_params = [p for p in model.parameters() if p.requires_grad]
@@ -55,6 +62,7 @@ class Unlearner:
         if method.needs_scorer:
             hidden_size = model.get_output_embeddings().weight.shape[1]
             self.scorer = LinearScorer(hidden_size, params.init_score)
+            self.pretrain_losses = self.pretrain_scorer() if params.pretrain_steps else []
             if params.schedule == "alternating":
                 updates = math.ceil(cfg.steps / params.update_every) * cfg.grad_accum
                 self.scorer_trainer = ScorerTrainer(self.scorer, params, updates)
@@ -62,18 +70,23 @@ class Unlearner:
                 groups.append({"params": list(self.scorer.parameters()), "weight_decay": 0.0})
             else:
                 self.scorer.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(groups, optim, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_lambda(cfg.warmup_steps, cfg.steps, cfg.lr_schedule))
-        generator = torch.Generator().manual_seed(cfg.seed)
-        self.forget_batches = epoch_batches(len(forget), cfg.forget_batch_size, generator)
-        self.retain_batches = epoch_batches(len(retain), cfg.retain_batch_size, generator)
+        self.forget_batches = EpochSampler(len(forget), cfg.forget_batch_size, cfg.seed)
+        self.retain_batches = EpochSampler(len(retain), cfg.retain_batch_size, cfg.seed + 1)
 
     # ------------------------------------------------------------------ one micro-batch
+    def batch(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Right-padded batch on the model's device."""
+        device = self.model.get_input_embeddings().weight.device
+        return {k: v.to(device, non_blocking=True) for k, v in collate(rows, pad_id=self.pad_id).items()}
+
     def micro_step(self, step: int, stats: dict) -> torch.Tensor:
-        forget_rows = [self.forget[i] for i in next(self.forget_batches)]
-        retain_rows = [self.retain[i] for i in next(self.retain_batches)]
-        batch = collate(forget_rows + retain_rows, pad_id=self.pad_id)
+        self.last_batch = (next(self.forget_batches), next(self.retain_batches))
+        forget_rows = [self.forget[i] for i in self.last_batch[0]]
+        retain_rows = [self.retain[i] for i in self.last_batch[1]]
+        batch = self.batch(forget_rows + retain_rows)
         hidden = last_hidden(self.model, batch["input_ids"], batch["attention_mask"])
         tokens = answer_tokens(hidden, batch["labels"])
         is_forget = tokens.seq < len(forget_rows)
@@ -87,7 +100,8 @@ class Unlearner:
             q.ref_forget_nll = self.reference_nll(forget_rows)
         loss = torch.zeros((), dtype=nll.dtype)
         if self.scorer is not None:
-            loss = loss + self.scorer_pass(step, score_hidden(tokens, self.params.score_position)[is_forget], q, stats)
+            h_score = score_hidden(tokens, self.params.score_position)
+            loss = loss + self.scorer_pass(step, h_score[is_forget], q, stats, h_score[~is_forget])
         loss = loss + self.method.loss(q, self.params)
         self.record_nll(stats, q.forget_nll, q.retain_nll)
         return loss
@@ -108,13 +122,13 @@ class Unlearner:
         if params.schedule == "alternating" and step % params.update_every == 0:
             with torch.no_grad():
                 q.forget_nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)[is_forget]
-            extra = self.scorer_pass(step, h_forget, q, stats)
+            extra = self.scorer_pass(step, h_forget, q, stats, h_score[~is_forget])
         out = atwu_head(tokens.hidden_pred, weight, tokens.targets, is_forget, self.scorer.weight, self.scorer.bias,
                         score_hidden=h_score, alpha=params.alpha, gamma=params.gamma, beta=params.beta,
                         saturation=params.saturation, bias=bias, chunk_size=self.cfg.loss_chunk_size)
         if params.schedule != "alternating":
             q.forget_nll = out.nll[is_forget]
-            extra = self.scorer_pass(step, h_forget, q, stats)
+            extra = self.scorer_pass(step, h_forget, q, stats, h_score[~is_forget])
         self.record_nll(stats, out.nll[is_forget], out.nll[~is_forget])
         stats["score_mean"] = out.scores[is_forget].mean().item()
         stats["score_frac"] = (out.scores[is_forget] > 0.5).float().mean().item()
@@ -124,19 +138,23 @@ class Unlearner:
         stats["forget_nll"] += forget_nll.detach().mean().item() / self.cfg.grad_accum
         stats["retain_nll"] += retain_nll.detach().mean().item() / self.cfg.grad_accum
 
-    def scorer_pass(self, step: int, hidden_f: torch.Tensor, q: TokenQuantities, stats: dict) -> torch.Tensor:
+    def scorer_pass(self, step: int, hidden_f: torch.Tensor, q: TokenQuantities, stats: dict,
+                    hidden_r: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scorer update on cached quantities (alternating), then the constant scores for the model loss.
 
+        ``hidden_r``: the retain tokens' hidden rows at the score position (the contrast term).
         Returns the scorer loss to add to the model loss in the "joint" schedule, else 0.
         """
         hidden_f = hidden_f.detach()
+        hidden_r = hidden_r.detach() if hidden_r is not None else None
         nll_f = q.forget_nll.detach()
         extra = torch.zeros(())
         if self.params.schedule == "alternating" and step % self.params.update_every == 0:
-            parts = self.scorer_trainer.step(hidden_f, nll_f, q.forget_seq, q.n_forget_seqs)
+            parts = self.scorer_trainer.step(hidden_f, nll_f, q.forget_seq, q.n_forget_seqs, hidden_r)
             stats["scorer_loss"] = parts.total.item()
         elif self.params.schedule == "joint":
-            parts = scorer_objective(self.scorer, hidden_f, nll_f, q.forget_seq, q.n_forget_seqs, self.params)
+            parts = scorer_objective(self.scorer, hidden_f, nll_f, q.forget_seq, q.n_forget_seqs, self.params,
+                                     hidden_retain=hidden_r)
             stats["scorer_loss"] = parts.total.item()
             extra = parts.total
         with torch.no_grad():
@@ -145,43 +163,137 @@ class Unlearner:
         stats["score_frac"] = (q.forget_scores > 0.5).float().mean().item()
         return extra
 
+    def pretrain_scorer(self) -> list[float]:
+        """``pretrain_steps`` scorer steps on the (not yet unlearned) model: every forget row and the
+        first ``pretrain_retain_rows`` retain rows, one no-grad forward, cached and detached."""
+        retain_rows = self.retain[:self.params.pretrain_retain_rows]
+        with torch.no_grad():
+            was_training = self.model.training
+            self.model.eval()
+            batch = self.batch(self.forget + retain_rows)
+            tokens = answer_tokens(last_hidden(self.model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)
+            self.model.train(was_training)
+        is_forget = tokens.seq < len(self.forget)
+        h = score_hidden(tokens, self.params.score_position).detach()
+        return pretrain_scorer(self.scorer, self.params, h[is_forget], nll[is_forget], tokens.seq[is_forget],
+                               len(self.forget), h[~is_forget] if retain_rows else None, self.params.pretrain_steps)
+
     @torch.no_grad()
     def reference_nll(self, forget_rows: list[dict]) -> torch.Tensor:
-        batch = collate(forget_rows, pad_id=self.pad_id)
-        hidden = last_hidden(self.reference, batch["input_ids"], batch["attention_mask"])
-        return token_nll(self.reference, answer_tokens(hidden, batch["labels"]), self.cfg.loss_chunk_size)
+        """Forget-token NLL under the reference: a separate model, or (``reference`` a zero-argument
+        callable returning a context manager, e.g. :func:`atwu_fast.lora.reference_context`) the trained
+        model itself inside that context — LoRA's adapter-disabled base, no second copy of the weights."""
+        batch = self.batch(forget_rows)
+        if isinstance(self.reference, torch.nn.Module):
+            hidden = last_hidden(self.reference, batch["input_ids"], batch["attention_mask"])
+            return token_nll(self.reference, answer_tokens(hidden, batch["labels"]), self.cfg.loss_chunk_size)
+        with self.reference():
+            hidden = last_hidden(self.model, batch["input_ids"], batch["attention_mask"])
+            return token_nll(self.model, answer_tokens(hidden, batch["labels"]), self.cfg.loss_chunk_size)
 
     # ------------------------------------------------------------------ the loop
-    def run(self, eval_every: int = 0, on_eval: Optional[Callable[[int], None]] = None,
-            on_step: Optional[Callable[[dict], None]] = None) -> UnlearnResult:
+    # ------------------------------------------------------------------ checkpointable state
+    def state_dict(self, result: UnlearnResult, step: int) -> dict:
+        state = {
+            "step": step,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "forget_batches": self.forget_batches.state_dict(),
+            "retain_batches": self.retain_batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": result.history,
+            "evaluations": result.evaluations,
+        }
+        if self.scorer is not None:
+            state["scorer"] = self.scorer.state_dict()
+        if self.scorer_trainer is not None:
+            state["scorer_optimizer"] = self.scorer_trainer.optimizer.state_dict()
+            state["scorer_schedule"] = self.scorer_trainer.schedule.state_dict()
+            state["scorer_updates"] = self.scorer_trainer.updates
+        return state
+
+    def load_state_dict(self, state: dict, result: UnlearnResult) -> int:
+        """Restore everything but the model weights; returns the number of steps already done."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.forget_batches.load_state_dict(state["forget_batches"])
+        self.retain_batches.load_state_dict(state["retain_batches"])
+        torch.set_rng_state(state["torch_rng"])
+        result.history[:] = state["history"]
+        result.evaluations[:] = state["evaluations"]
+        if self.scorer is not None:
+            self.scorer.load_state_dict(state["scorer"])
+        if self.scorer_trainer is not None:
+            self.scorer_trainer.optimizer.load_state_dict(state["scorer_optimizer"])
+            self.scorer_trainer.schedule.load_state_dict(state["scorer_schedule"])
+            self.scorer_trainer.updates = state["scorer_updates"]
+        return int(state["step"])
+
+    def checkpoint(self, directory, result: UnlearnResult, step: int) -> None:
+        save_checkpoint(directory, step, self.model, self.state_dict(result, step))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, eval_every: int = 0, on_eval: Optional[Callable[[int], Optional[dict]]] = None,
+            on_step: Optional[Callable[[dict], None]] = None, checkpoint_dir=None,
+            resume: bool = False) -> UnlearnResult:
         """Train for ``cfg.steps`` steps. ``on_step(stats)`` after every step (logging, progress);
-        ``on_eval(step)`` every ``eval_every`` steps and after the last (model in eval mode)."""
+        ``on_eval(step)`` every ``eval_every`` steps and after the last (model in eval mode); what it
+        returns is kept in ``result.evaluations``. With ``checkpoint_dir``, a checkpoint is written
+        every ``cfg.checkpoint_every`` steps and at the end; ``resume`` continues from the latest."""
         torch.manual_seed(self.cfg.seed)
         result = UnlearnResult(scorer=self.scorer)
+        start = 0
+        if resume and checkpoint_dir is not None:
+            found = latest_checkpoint(checkpoint_dir)
+            if found is not None:
+                start = self.load_state_dict(load_checkpoint(found, self.model), result)
+                self.log(f"  resumed from {found} (step {start})")
         trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
-        for step in range(self.cfg.steps):
-            self.model.train()
-            self.optimizer.zero_grad(set_to_none=True)
-            stats = {"step": step + 1, "forget_nll": 0.0, "retain_nll": 0.0}
-            total = 0.0
-            for _ in range(self.cfg.grad_accum):
-                loss = self.micro_step(step, stats) / self.cfg.grad_accum
-                loss.backward()
-                total += loss.item()
-            if not math.isfinite(total):
-                raise FloatingPointError(f"non-finite loss {total} at step {step + 1}")
-            if self.cfg.max_grad_norm > 0:
-                stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.max_grad_norm).item()
-            stats["lr"] = self.schedule.get_last_lr()[0]
-            self.optimizer.step()
-            self.schedule.step()
-            stats["loss"] = total
+        for step in range(start, self.cfg.steps):
+            stats = self.train_step(step, trainable)
             result.history.append(stats)
             if on_step:
                 on_step(stats)
             done = step + 1
             if on_eval and ((eval_every and done % eval_every == 0) or done == self.cfg.steps):
                 self.model.eval()
-                on_eval(done)
+                evaluation = on_eval(done)
+                if evaluation is not None:
+                    result.evaluations.append(evaluation)
+            every = self.cfg.checkpoint_every
+            if checkpoint_dir is not None and ((every and done % every == 0) or done == self.cfg.steps):
+                self.checkpoint(checkpoint_dir, result, done)
         self.model.eval()
         return result
+
+    def train_step(self, step: int, trainable: list) -> dict:
+        """One optimiser step; raises :class:`DivergenceError` (step not taken) on a non-finite
+        loss or gradient, or a gradient norm above ``cfg.abort_grad_norm``."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {"step": step + 1, "forget_nll": 0.0, "retain_nll": 0.0}
+        total = 0.0
+        for _ in range(self.cfg.grad_accum):
+            loss = self.micro_step(step, stats) / self.cfg.grad_accum
+            loss.backward()
+            total += loss.item()
+        clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, clip).item()
+        problem = None
+        if not math.isfinite(total):
+            problem = f"non-finite loss ({total})"
+        elif not math.isfinite(grad_norm):
+            problem = f"non-finite gradient norm ({grad_norm})"
+        elif self.cfg.abort_grad_norm and grad_norm > self.cfg.abort_grad_norm:
+            problem = f"gradient norm {grad_norm:.3g} above train.abort_grad_norm={self.cfg.abort_grad_norm:g}"
+        if problem:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise DivergenceError(f"{problem} at step {step + 1}; batch: forget rows {self.last_batch[0]}, "
+                                  f"retain rows {self.last_batch[1]}")
+        stats["grad_norm"] = grad_norm
+        stats["lr"] = self.schedule.get_last_lr()[0]
+        self.optimizer.step()
+        self.schedule.step()
+        stats["loss"] = total
+        return stats

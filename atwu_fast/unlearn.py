@@ -8,6 +8,8 @@ cached), ATWU unlearning, and the evaluation table.
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,16 +18,21 @@ import numpy as np
 import torch
 import yaml
 
+from . import progress
 from .cli import fail, parse_config
 from .config import ExperimentConfig
 from .embedded import Benchmark, prepare
 from .eval.synthetic import evaluate_model, evaluation_splits, forget_tokens, span_alignment
 from .io import atomic_dir, atomic_write_json, atomic_write_text
+from .loading import build_unlearn_model, save_unlearned
 from .methods import METHODS, Method
 from .report import results_table
-from .trainer import Unlearner
+from .report_html import token_score_rows, token_scores_doc, write_outputs
+from .trainer import DivergenceError, Unlearner
 
 SHORTCUTS = {"--method": "method", "--methods": "methods", "--output-dir": "output_dir", "--seed": "train.seed"}
+SHORTCUTS.update({"--benchmark": "benchmark.name", "--split": "benchmark.split", "--model": "benchmark.model",
+                  "--targets": "benchmark.targets", "--retain-logs": "benchmark.retain_logs"})
 
 
 def method_token_weights(method: Method, params, scorer, tokens) -> torch.Tensor | None:
@@ -39,24 +46,48 @@ def method_token_weights(method: Method, params, scorer, tokens) -> torch.Tensor
 
 def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.ndarray, out_dir: Path,
                log) -> dict:
+    """Unlearn with one method, evaluate, and write ``<out_dir>/<name>/`` (atomically). Training
+    checkpoints go to ``<out_dir>/checkpoints/<name>/`` and are removed once the method is done;
+    with ``cfg.resume`` the run continues from the latest one."""
     method = METHODS[name]
     params = getattr(cfg, method.params_section)
-    model = bench.load_model("target")
-    reference = bench.load_model("target").requires_grad_(False) if method.needs_reference else None
+    model, reference, lora = build_unlearn_model(lambda: bench.load_model("target"), cfg.efficiency,
+                                                 method.needs_reference)
     tok = bench.tokenizer
     unlearner = Unlearner(model, method, params, cfg.train, bench.encoded["forget"], bench.encoded["retain"],
-                          tok.pad_token_id, reference=reference, log=log)
-    checkpoints: list[dict] = []
+                          tok.pad_token_id, reference=reference, log=log, optim=cfg.efficiency.optim)
+    base_nll = forget_tokens(model, bench.encoded["forget"], tok.pad_token_id, cfg.eval.batch_size).nll
+    last: dict = {}  # the final evaluation's forget tokens and weights, for token_scores.json
+    live = out_dir / name / "metrics.jsonl"  # tail-able during training; copied into the final method dir
+    metrics_log = progress.MetricsLogger(live, name, out_dir / "tensorboard" / name if cfg.log.tensorboard else None)
+    train_bar = progress.bar(total=cfg.train.steps, desc=f"unlearn {name}", unit="step", leave=True)
 
-    def on_eval(step: int) -> None:
+    def on_step(stats: dict) -> None:
+        metrics_log.log(stats)
+        train_bar.update(1)
+        train_bar.set_postfix({k: f"{stats[k]:.3g}" for k in ("loss", "forget_nll", "score_frac") if k in stats},
+                              refresh=False)
+
+    def on_eval(step: int) -> dict | None:
         tokens = forget_tokens(model, bench.encoded["forget"], tok.pad_token_id, cfg.eval.batch_size)
         weights = method_token_weights(method, unlearner.params, unlearner.scorer, tokens)
-        if weights is not None:
-            checkpoints.append({"step": step, **span_alignment(weights, tokens.span_kind)})
+        last.update(tokens=tokens, weights=weights)
+        if weights is None:
+            return None
+        alignment = {"step": step, **span_alignment(weights, tokens.span_kind)}
+        metrics_log.log_scalars(step, alignment)
+        return alignment
 
+    checkpoint_dir = out_dir / "checkpoints" / name
     start = time.perf_counter()
-    result = unlearner.run(cfg.eval.eval_every, on_eval)
+    try:
+        result = unlearner.run(cfg.eval.eval_every, on_eval, on_step, checkpoint_dir=checkpoint_dir,
+                               resume=cfg.resume)
+    finally:
+        train_bar.close()
+        metrics_log.close()
     train_seconds = time.perf_counter() - start
+    checkpoints = result.evaluations
     evaluation = evaluate_model(model, tok, evaluation_splits(bench.splits, cfg.eval.retain_authors), cfg.tokenizer.max_length, cfg.eval.batch_size,
                                 cfg.eval.max_new_tokens, cfg.eval.generate, retain_forget_truth_ratios=retain_r)
     metrics = dict(evaluation.metrics)
@@ -69,7 +100,7 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
     metrics["train_seconds"] = train_seconds
 
     def save(d: Path) -> None:
-        model.save_pretrained(d / "model")
+        save_unlearned(model, lora, d / "model", cfg.efficiency.save_merged)
         tok.save_pretrained(d / "model")
         if result.scorer is not None:
             from safetensors.torch import save_file
@@ -78,12 +109,21 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
                       str(d / "scorer.safetensors"))
         atomic_write_json(d / "history.json", {"steps": result.history, "span_checkpoints": checkpoints})
         atomic_write_json(d / "samples.json", evaluation.samples)
+        atomic_write_json(d / "metrics.json", metrics)
+        if live.is_file():
+            shutil.copyfile(live, d / "metrics.jsonl")
+        tokens = last.get("tokens")
+        if tokens is not None:
+            rows = token_score_rows(tok, bench.splits["forget"], bench.encoded["forget"], tokens.seq, tokens.nll,
+                                    tokens.span_kind, last.get("weights"), base_nll)
+            atomic_write_json(d / "token_scores.json", token_scores_doc(method, rows))
 
     atomic_dir(out_dir / name, save)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return metrics
 
 
-def reference_rows(cfg: ExperimentConfig, bench: Benchmark, log) -> tuple[dict, np.ndarray]:
+def reference_rows(cfg: ExperimentConfig, bench: Benchmark, log) -> dict:
     """Evaluate the retain and target models; rank forget tokens with WGA/SatImp weights on the target."""
     kw = dict(max_length=cfg.tokenizer.max_length, batch_size=cfg.eval.batch_size,
               max_new_tokens=cfg.eval.max_new_tokens, generate=cfg.eval.generate)
@@ -101,7 +141,8 @@ def reference_rows(cfg: ExperimentConfig, bench: Benchmark, log) -> tuple[dict, 
                                                               tokens.span_kind)
     rankers["1 - p (target)"] = span_alignment(1 - torch.exp(-tokens.nll), tokens.span_kind)
     rows = {"retain model": retain_eval.metrics, "target model": target_eval.metrics}
-    return {"models": rows, "rankers": rankers}, retain_eval.forget_truth_ratios
+    return {"models": rows, "rankers": rankers,
+            "retain_forget_truth_ratios": retain_eval.forget_truth_ratios.tolist()}
 
 
 def quiet_libraries() -> None:
@@ -120,12 +161,20 @@ def default_output_dir(cfg: ExperimentConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ExperimentConfig, argv, prog="python -m atwu_fast.unlearn",
                        description=__doc__.splitlines()[0], shortcuts=SHORTCUTS)
+    if cfg.benchmark.name != "synthetic":
+        from .real import run_real
+
+        return run_real(cfg)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        fail(f"output directory {out_dir} is not empty; choose another --output-dir")
+    if cfg.resume:
+        if not cfg.output_dir or not (out_dir / "reference.json").is_file():
+            fail(f"--resume needs the --output-dir of an interrupted run; {out_dir} holds none")
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        fail(f"output directory {out_dir} is not empty; choose another --output-dir (or --resume)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     quiet_libraries()
+    progress.configure(cfg.log.progress)
     methods = cfg.method_list()
 
     def log(message: str) -> None:
@@ -135,18 +184,34 @@ def main(argv: list[str] | None = None) -> int:
     bench = prepare(cfg, log)
     log(f"data: {', '.join(f'{k} {len(v)}' for k, v in bench.splits.items())} QA pairs; "
         f"vocab {len(bench.tokenizer)}  ({time.perf_counter() - t0:.0f}s)")
-    reference, retain_r = reference_rows(cfg, bench, log)
+    if cfg.resume:
+        reference = json.loads((out_dir / "reference.json").read_text())
+    else:
+        reference = reference_rows(cfg, bench, log)
+        atomic_write_json(out_dir / "reference.json", reference)
+    retain_r = np.asarray(reference["retain_forget_truth_ratios"])
     results: dict[str, dict] = {}
     for name in methods:
+        done = out_dir / name / "metrics.json"
+        if cfg.resume and done.is_file():
+            results[name] = json.loads(done.read_text())
+            log(f"{name}: already finished, kept")
+            continue
         log(f"unlearning with {name} ({cfg.train.steps} steps, lr {cfg.train.lr:g}) ...")
-        results[name] = run_method(name, cfg, bench, retain_r, out_dir, log)
+        try:
+            results[name] = run_method(name, cfg, bench, retain_r, out_dir, log)
+        except DivergenceError as exc:
+            print(f"error: {name} diverged: {exc}; the last good checkpoint is in {out_dir / 'checkpoints' / name}",
+                  file=sys.stderr)
+            return 3
         log(f"  done in {results[name]['train_seconds']:.0f}s")
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "results.json", results)
-    atomic_write_json(out_dir / "reference.json", reference)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     table = results_table({**reference["models"], **results})
     atomic_write_text(out_dir / "results.md", table + "\n")
+    if cfg.log.report:
+        written = write_outputs(out_dir)
+        log(f"report: {written['report'].resolve().as_uri()}")
     print()
     print(table)
     print()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import progress
 from ..data import collate, encode_prompt, encode_qa
 from ..methods.base import sequence_lengths, sequence_sum
 from ..model import answer_tokens, greedy_generate, last_hidden, token_nll
@@ -26,7 +27,7 @@ UNIQUE, POOLED = 2, 1
 def mean_answer_nll(model, tokenizer, pairs: list[tuple[str, str]], max_length: int, batch_size: int) -> np.ndarray:
     """Mean token NLL (EOS included) of each answer given its question: L̄(a|q)."""
     out = []
-    for start in range(0, len(pairs), batch_size):
+    for start in progress.batch_starts(len(pairs), batch_size, "eval NLL"):
         rows = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs[start:start + batch_size]]
         batch = collate(rows, pad_id=tokenizer.pad_token_id)
         tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
@@ -47,7 +48,7 @@ def truth_ratios(model, tokenizer, rows: list[dict], correct_key: str, max_lengt
 
 def generations(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
     out = []
-    for start in range(0, len(rows), batch_size):
+    for start in progress.batch_starts(len(rows), batch_size, "generate"):
         prompts = [encode_prompt(tokenizer, r["question"]) for r in rows[start:start + batch_size]]
         out.extend(greedy_generate(model, tokenizer, prompts, max_new_tokens))
     return out
@@ -144,7 +145,7 @@ class ForgetTokens:
 @torch.no_grad()
 def forget_tokens(model, encoded_forget: list[dict], pad_id: int, batch_size: int) -> ForgetTokens:
     parts = []
-    for start in range(0, len(encoded_forget), batch_size):
+    for start in progress.batch_starts(len(encoded_forget), batch_size, "forget tokens"):
         batch = collate(encoded_forget[start:start + batch_size], pad_id=pad_id)
         tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
         kinds = batch["span_kind"][tokens.seq, tokens.position]

@@ -10,6 +10,8 @@ once it is forgotten (p → 0). With g ≡ 1 this is WGA with weight p^β.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .base import UNIQUE_SPAN, Method, TokenQuantities, weighted_ascent
@@ -37,6 +39,30 @@ def atwu_oracle_loss(q: TokenQuantities, params):
     return weighted_ascent(q, atwu_forget_weights(q.forget_nll, mask, params.beta, params.saturation))
 
 
+# The ATWU variants share the ``atwu`` config section; each fixes the fields below on top of it
+# (a command-line value of a fixed field is overridden for that variant).
+FAITHFUL = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "pretrain_steps": 0}  # ATWU.md's scorer objective
+# The scorer-study variant (docs/scorer_study.md): non-saturating reward r = ℓ (β_r = 0) divided by
+# its batch mean, a scorer step every model step, the predictor position, 50 pre-training steps.
+NLL_TRACKING = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "reward_beta": 0.0, "reward_norm": True,
+                "update_every": 1, "score_position": "predictor", "pretrain_steps": 50}
+VARIANTS: dict[str, dict] = {
+    "atwu": {},
+    "atwu_faithful": FAITHFUL,
+    "atwu_nll": NLL_TRACKING,
+    "atwu_frozen": {"schedule": "frozen", "pretrain_steps": 0},  # g ≡ init_score (0.5) throughout
+    "atwu_oracle": {},
+}
+
+
+def variant_params(name: str, params):
+    """The ``atwu`` section as method ``name`` runs it."""
+    fixed = VARIANTS.get(name, {})
+    return dataclasses.replace(params, **fixed) if fixed else params
+
+
 ATWU = Method("atwu", "atwu", atwu_loss, needs_scorer=True)
+ATWU_FAITHFUL = Method("atwu_faithful", "atwu", atwu_loss, needs_scorer=True)
+ATWU_NLL = Method("atwu_nll", "atwu", atwu_loss, needs_scorer=True)
 ATWU_FROZEN = Method("atwu_frozen", "atwu", atwu_loss, needs_scorer=True)
 ATWU_ORACLE = Method("atwu_oracle", "atwu", atwu_oracle_loss)

@@ -1,0 +1,73 @@
+"""``python -m atwu_fast.eval``: evaluate a model directory or hub id on TOFU, RWKU or JSONL sets.
+
+Writes ``<NAME>_EVAL.json`` (per-row values) and ``<NAME>_SUMMARY.json`` (aggregates) in the
+reference harness's layout. ``--retain-logs`` (a retain model's TOFU_EVAL.json) supplies the
+reference truth ratios for forget quality and the reference AUC for privleak.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..cli import fail, parse_config
+from ..config import BenchmarkConfig, _h
+from ..data.registry import DataError, load_benchmark
+from ..eval.logs import save_logs, summarize
+
+SHORTCUTS = {"--benchmark": "benchmark.name", "--split": "benchmark.split", "--model": "benchmark.model",
+             "--targets": "benchmark.targets", "--retain-logs": "benchmark.retain_logs",
+             "--data-dir": "benchmark.data_dir", "--output-dir": "output_dir"}
+
+
+def _tofu_default() -> BenchmarkConfig:
+    return BenchmarkConfig(name="tofu")
+
+
+@dataclass
+class EvalRunConfig:
+    output_dir: str = _h("where the logs are written (default: runs/eval-<benchmark>-<time>)", "")
+    threads: int = _h("torch CPU threads (0: torch default)", 0)
+    benchmark: BenchmarkConfig = field(default_factory=_tofu_default)
+
+    def validate(self) -> None:
+        if self.benchmark.name == "synthetic":
+            from ..configtools import ConfigError
+
+            raise ConfigError("python -m atwu_fast.eval evaluates tofu, rwku or jsonl; "
+                              "the synthetic benchmark is evaluated by python -m atwu_fast.unlearn")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..real import LOG_NAMES, evaluate_benchmark, formatter, load_model, retain_reference
+    from ..unlearn import quiet_libraries
+
+    cfg = parse_config(EvalRunConfig, argv, prog="python -m atwu_fast.eval", description=__doc__.splitlines()[0],
+                       shortcuts=SHORTCUTS)
+    bcfg = cfg.benchmark
+    out_dir = Path(cfg.output_dir or f"runs/eval-{bcfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    quiet_libraries()
+    t0 = time.perf_counter()
+    try:
+        data = load_benchmark(bcfg)
+        retain_ref = retain_reference(bcfg)
+        model, tokenizer = load_model(bcfg)
+        fmt = formatter(tokenizer, bcfg)
+        logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
+    except (DataError, ValueError) as exc:
+        fail(str(exc))
+    eval_path, summary_path = save_logs(out_dir, logs, LOG_NAMES[bcfg.name])
+    for key, value in summarize(logs).items():
+        print(f"{key:32s} {value:.6g}" if isinstance(value, (int, float)) else f"{key:32s} {value}")
+    print(f"\nlogs written to {eval_path} and {summary_path}  ({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

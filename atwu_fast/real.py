@@ -1,0 +1,254 @@
+"""Real-benchmark runs: load a model (directory or hub id), a benchmark (TOFU, RWKU, JSONL), unlearn
+with the shared :class:`~atwu_fast.trainer.Unlearner`, and evaluate with the reference harness's
+metrics and log layout. Used by ``python -m atwu_fast.unlearn --benchmark ...`` and (evaluation
+only) ``python -m atwu_fast.eval``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import yaml
+
+from .cli import fail
+from .config import BenchmarkConfig, ExperimentConfig
+from .data.formatting import Formatter, ensure_pad_token
+from .data.registry import BenchmarkData, DataError, load_benchmark
+from .eval import metrics
+from .eval.logs import RetainReference, by_index, entry, save_logs, summarize
+from .eval.rwku import evaluate_rwku
+from .eval.scoring import row_tokens
+from .eval.tofu import TofuScorer, evaluate_tofu, rouge_entries, score_entry
+from .io import atomic_write_json, atomic_write_text
+
+DEFAULT_NEW_TOKENS = {"tofu": 200, "rwku": 30, "jsonl": 200}
+LOG_NAMES = {"tofu": "TOFU", "rwku": "RWKU", "jsonl": "JSONL"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(bcfg: BenchmarkConfig):
+    """Model and tokenizer from a directory or hub id (no remote code); the tokenizer gets a pad
+    token distinct from eos (unk, or an added one with the embeddings resized)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not bcfg.model:
+        raise DataError("a real benchmark needs --model (a model directory or hub id)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(bcfg.tokenizer or bcfg.model, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(bcfg.model, dtype=getattr(torch, bcfg.dtype),
+                                                     trust_remote_code=False)
+    except OSError as exc:
+        raise DataError(f"could not load model '{bcfg.model}': {str(exc).splitlines()[0]}") from None
+    if ensure_pad_token(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.to(resolve_device(bcfg.device))
+    model.eval()
+    return model, tokenizer
+
+
+def formatter(tokenizer, bcfg: BenchmarkConfig) -> Formatter:
+    return Formatter(tokenizer, bcfg.chat_template, bcfg.system_prompt, bcfg.max_length)
+
+
+def new_tokens(bcfg: BenchmarkConfig) -> int:
+    return bcfg.max_new_tokens or DEFAULT_NEW_TOKENS.get(bcfg.name, 200)
+
+
+def evaluate_jsonl(model, tokenizer, fmt: Formatter, sets: dict, batch_size: int, max_new_tokens: int,
+                   generate_text: bool = True) -> dict:
+    """Per set: QA rows → Prob and ROUGE-L recall (forget: also ES and EM); text rows → mean NLL."""
+    logs: dict = {}
+    s = TofuScorer(model, tokenizer, fmt, batch_size, max_new_tokens)
+    for name in ("forget", "retain"):
+        rows = sets.get(name) or []
+        qa = [r for r in rows if "question" in r]
+        texts = [r for r in rows if "question" not in r]
+        if qa:
+            toks = s.tokens([(r["question"], r["answer"]) for r in qa], argmax=name == "forget")
+            probs = metrics.mean_nll_to_prob(toks.mean_nll())
+            logs[f"{name}_Q_A_Prob"] = entry(probs.mean(), by_index(
+                [{"prob": float(p), "avg_loss": float(a)} for p, a in zip(probs, toks.mean_nll())]))
+            if name == "forget":
+                preds, labels = [a[:-1] for a in toks.argmax], [y[:-1] for y in toks.labels]
+                logs["extraction_strength"] = score_entry(metrics.extraction_strength(preds, labels))
+                logs["exact_memorization"] = score_entry(metrics.exact_memorization(preds, labels))
+            if generate_text:
+                gens, inputs = s.generations(qa)
+                vals = rouge_entries(gens, [r["answer"] for r in qa], inputs)
+                logs[f"{name}_Q_A_ROUGE"] = entry(np.mean([v["rougeL_recall"] for v in vals]), by_index(vals))
+        if texts:
+            toks = row_tokens(model, [fmt.text(r["text"]) for r in texts], tokenizer.pad_token_id, batch_size)
+            nll = toks.mean_nll()
+            logs[f"{name}_text_loss"] = entry(nll.mean(), by_index([{"avg_loss": float(v)} for v in nll]))
+    forget = sets.get("forget") or []
+    if forget and all("target_words" in r for r in forget):
+        enc = [fmt.row(r) for r in forget]
+        toks = row_tokens(model, enc, tokenizer.pad_token_id, batch_size)
+        labels = [(np.array(e["span_kind"])[np.array(e["labels"]) != -100] == 2).astype(int) for e in enc]
+        logs["span_auroc_nll"] = entry(metrics.span_auroc(toks.nll, labels))
+        logs["span_ap_nll"] = entry(metrics.span_average_precision(toks.nll, labels))
+    return logs
+
+
+def evaluate_benchmark(model, tokenizer, fmt: Formatter, data: BenchmarkData, bcfg: BenchmarkConfig,
+                       retain_ref: RetainReference | None = None) -> dict:
+    kw = {"batch_size": bcfg.eval_batch_size, "max_new_tokens": new_tokens(bcfg)}
+    if data.name == "tofu":
+        return evaluate_tofu(model, tokenizer, fmt, data.eval_sets, retain_ref=retain_ref, **kw)
+    if data.name == "rwku":
+        return evaluate_rwku(model, tokenizer, fmt, data.eval_sets, **kw)
+    return evaluate_jsonl(model, tokenizer, fmt, data.eval_sets, **kw)
+
+
+def retain_reference(bcfg: BenchmarkConfig) -> RetainReference | None:
+    if not bcfg.retain_logs:
+        return None
+    try:
+        return RetainReference.load(bcfg.retain_logs)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"--retain-logs: {exc}") from None
+
+
+# --------------------------------------------------------------------------- unlearning
+
+
+def encode_training(fmt: Formatter, rows: list[dict]) -> list[dict]:
+    """Encoded rows, always with ``span_kind`` (all answer tokens OUTSIDE when a row has no target words)."""
+    return [fmt.row({**r, "target_words": r.get("target_words") or []}) for r in rows]
+
+
+def metric_value(summary: dict, key: str) -> float | None:
+    """``key`` from a summary; a leading '-' negates it (so that larger is always better)."""
+    sign = -1.0 if key.startswith("-") else 1.0
+    value = summary.get(key.lstrip("-"))
+    return None if value is None else sign * float(value)
+
+
+@torch.no_grad()
+def span_alignment_of(method, params, scorer, model, encoded: list[dict], pad_id: int, batch_size: int) -> dict:
+    """AUROC / AP of the method's forget-token weights against the ground-truth target-word tokens."""
+    from .data import collate
+    from .eval.synthetic import span_alignment
+    from .model import answer_tokens, last_hidden, token_nll
+    from .unlearn import method_token_weights
+
+    device = next(model.parameters()).device
+    weights, kinds = [], []
+    for start in range(0, len(encoded), batch_size):
+        batch = {k: v.to(device) for k, v in collate(encoded[start:start + batch_size], pad_id=pad_id).items()}
+        tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        nll = token_nll(model, tokens)
+
+        view = SimpleNamespace(nll=nll, hidden=lambda pos, t=tokens: t.hidden_token if pos == "token" else t.hidden_pred)
+        w = method_token_weights(method, params, scorer, view)
+        if w is None:
+            return {}
+        weights.append(w.float().cpu())
+        kinds.append(batch["span_kind"][tokens.seq, tokens.position].cpu())
+    return span_alignment(torch.cat(weights), torch.cat(kinds))
+
+
+def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retain_ref, fmt: Formatter,
+                    forget_enc: list[dict], retain_enc: list[dict], train_cfg, per_epoch: int,
+                    run_dir: Path) -> dict:
+    """Unlearn with one method; evaluate at the end (and every epoch); write logs and the model."""
+    from .methods import METHODS
+    from .trainer import Unlearner
+
+    bcfg = cfg.benchmark
+    log_name = LOG_NAMES[bcfg.name]
+    method = METHODS[name]
+    params = getattr(cfg, method.params_section)
+    model, tokenizer = load_model(bcfg)
+    reference = copy.deepcopy(model).requires_grad_(False) if method.needs_reference else None
+    state = {"best": None, "history": []}
+    if bcfg.eval_before:
+        save_logs(run_dir / "epoch_0", evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref), log_name)
+
+    unlearner = Unlearner(model, method, params, train_cfg, forget_enc, retain_enc, tokenizer.pad_token_id,
+                          reference=reference, log=print)
+
+    def on_eval(step: int) -> None:
+        logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
+        summary = summarize(logs)
+        epoch = math.ceil(step / per_epoch)
+        state["history"].append({"step": step, "epoch": epoch, **summary})
+        if bcfg.eval_every_epoch:
+            save_logs(run_dir / f"epoch_{epoch}", logs, log_name)
+        state["last"] = logs
+        if bcfg.keep_best_by:
+            value = metric_value(summary, bcfg.keep_best_by)
+            if value is not None and (state["best"] is None or value > state["best"]):
+                state["best"] = value
+                model.save_pretrained(run_dir / "best")
+                tokenizer.save_pretrained(run_dir / "best")
+                atomic_write_json(run_dir / "best" / "best.json", {"step": step, "epoch": epoch,
+                                                                    bcfg.keep_best_by: summary.get(bcfg.keep_best_by.lstrip("-"))})
+        print(f"  step {step} (epoch {epoch}): " + ", ".join(
+            f"{k} {v:.4g}" for k, v in summary.items() if isinstance(v, (int, float))), flush=True)
+
+    start = time.perf_counter()
+    result = unlearner.run(per_epoch if bcfg.eval_every_epoch else 0, on_eval)
+    seconds = time.perf_counter() - start
+    logs = state["last"]
+    if any(r.get("target_words") for r in data.forget):
+        spans = span_alignment_of(method, unlearner.params, unlearner.scorer, model, forget_enc,
+                                  tokenizer.pad_token_id, bcfg.eval_batch_size)
+        for key, value in spans.items():
+            logs[key] = entry(value)
+    save_logs(run_dir, logs, log_name)
+    model.save_pretrained(run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
+    atomic_write_json(run_dir / "history.json", {"steps": result.history, "evals": state["history"]})
+    return {**summarize(logs), "train_seconds": seconds}
+
+
+def run_real(cfg: ExperimentConfig) -> int:
+    """``unlearn --benchmark tofu|rwku|jsonl``: unlearn a real model and evaluate it."""
+    from .unlearn import quiet_libraries
+
+    bcfg = cfg.benchmark
+    out_dir = Path(cfg.output_dir or f"runs/{bcfg.name}-{'+'.join(cfg.method_list())}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        fail(f"output directory {out_dir} is not empty; choose another --output-dir")
+    if bcfg.keep_best_by and not bcfg.eval_every_epoch:
+        fail("--benchmark.keep_best_by needs --benchmark.eval_every_epoch true")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    quiet_libraries()
+    try:
+        data = load_benchmark(bcfg)
+        retain_ref = retain_reference(bcfg)
+        _, tokenizer = load_model(bcfg)
+        fmt = formatter(tokenizer, bcfg)
+        forget_enc, retain_enc = encode_training(fmt, data.forget), encode_training(fmt, data.retain)
+    except (DataError, ValueError) as exc:
+        fail(str(exc))
+    if not retain_enc:
+        fail(f"{bcfg.name}: no retain rows (RWKU uses the next K targets' texts; lower --targets)")
+    print(f"{bcfg.name}: forget {len(forget_enc)} rows, retain {len(retain_enc)} rows; model {bcfg.model}", flush=True)
+    train_cfg = cfg.train
+    per_epoch = math.ceil(len(forget_enc) / (train_cfg.forget_batch_size * train_cfg.grad_accum))
+    if bcfg.epochs:
+        train_cfg = dataclasses.replace(train_cfg, steps=bcfg.epochs * per_epoch)
+    results = {name: run_method_real(name, cfg, data, retain_ref, fmt, forget_enc, retain_enc, train_cfg,
+                                    per_epoch, out_dir / name) for name in cfg.method_list()}
+    atomic_write_json(out_dir / "results.json", results)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    for name, res in results.items():
+        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items() if isinstance(v, (int, float))))
+    print(f"results written to {out_dir}")
+    return 0
+

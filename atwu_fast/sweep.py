@@ -1,0 +1,309 @@
+"""``python -m atwu_fast.sweep GRID --output-dir DIR``: run a named grid in-process and write tables.
+
+A grid is methods (each a label, a registered method and its config overrides) × model learning
+rates × seeds × generator/model variants. Every run goes through the same engine functions as
+``python -m atwu_fast.unlearn`` (``prepare``, ``reference_rows``, ``run_method``): one process, the
+cached tokenizer/models reused, one target/retain pair per (variant, seed). A seed sets the
+generator seed, the tiny models' initialisation seed and the unlearning seed together
+(``data.seed = model.seed = train.seed``), so each seed is a fresh data set and model pair.
+
+Each finished run appends one line to ``DIR/runs.jsonl``; a re-run skips what is there (resume).
+``DIR/<grid>.md`` holds mean ± std over seeds: per variant, the training-free rankers on the target
+model and, per learning rate, log10 forget quality, model utility and span AUROC/AP. ``--list``
+prints the grids. Everything is a pure function of the grid, so the same command regenerates the
+same tables (up to CPU floating-point nondeterminism).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ExperimentConfig
+from .configtools import merge, set_dotted
+
+# --------------------------------------------------------------------------- grids
+
+QUICK = {"eval.generate": False}  # forget/retain accuracy and ROUGE need generation; FQ and MU do not
+
+
+@dataclass
+class Grid:
+    methods: list[tuple[str, str, dict]]  # (label, method, dotted overrides)
+    lrs: list[float]
+    seeds: list[int]
+    variants: dict[str, dict] = field(default_factory=lambda: {"default": {}})
+    base: dict = field(default_factory=lambda: dict(QUICK))
+    doc: str = ""
+
+
+CONTROLS = [
+    ("atwu_frozen (g=0.5)", "atwu_frozen", {}),
+    ("atwu_oracle (hard mask)", "atwu_oracle", {}),
+    ("wga", "wga", {}),
+    ("satimp", "satimp", {}),
+]
+
+ABLATIONS = [
+    ("faithful (n=5, ATWU.md)", "atwu_faithful", {}),
+    ("n=1", "atwu_faithful", {"atwu.update_every": 1}),
+    ("n=10", "atwu_faithful", {"atwu.update_every": 10}),
+    ("joint", "atwu_faithful", {"atwu.schedule": "joint"}),
+    ("n=1, reward_norm", "atwu_faithful", {"atwu.update_every": 1, "atwu.reward_norm": True}),
+    ("n=1, reward_beta=1", "atwu_faithful", {"atwu.update_every": 1, "atwu.reward_beta": 1.0}),
+    ("λ_H=0", "atwu_faithful", {"atwu.lambda_entropy": 0.0}),
+    ("λ_P=0", "atwu_faithful", {"atwu.lambda_budget": 0.0}),
+    ("λ_2=0", "atwu_faithful", {"atwu.lambda_l2": 0.0}),
+    ("no_retain (α=0)", "atwu_faithful", {"atwu.alpha": 0.0}),
+    ("score_position=predictor", "atwu_faithful", {"atwu.score_position": "predictor"}),
+    ("saturation=raw", "atwu_faithful", {"atwu.saturation": "raw"}),
+    ("pretrain 50 (reward)", "atwu_faithful", {"atwu.pretrain_steps": 50}),
+    ("pretrain 50, frozen (reward)", "atwu_faithful", {"atwu.pretrain_steps": 50, "atwu.schedule": "frozen"}),
+    ("contrast only, n=1", "atwu", {"atwu.lambda_reward": 0.0, "atwu.lambda_contrast": 1.0,
+                                    "atwu.update_every": 1}),
+    ("reward+contrast, n=1", "atwu", {"atwu.lambda_contrast": 1.0, "atwu.update_every": 1}),
+    ("reward+contrast, n=5", "atwu", {"atwu.lambda_contrast": 1.0}),
+    ("contrast, pretrain 50, frozen", "atwu", {"atwu.lambda_reward": 0.0, "atwu.lambda_contrast": 1.0,
+                                               "atwu.pretrain_steps": 50, "atwu.schedule": "frozen"}),
+    ("n=1, norm, reward_beta=0", "atwu", {"atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0}),
+    ("n=1, norm, reward_beta=0, pretrain 50", "atwu", {"atwu.update_every": 1, "atwu.reward_norm": True,
+                                                       "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50}),
+    ("n=1, norm, reward_beta=0, pretrain 50, predictor", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50,
+        "atwu.score_position": "predictor"}),
+    ("n=1, norm, reward_beta=0, pretrain 50, λ_2=0.01", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50,
+        "atwu.lambda_l2": 0.01}),
+    ("learned (rb=0, norm, n=1, predictor)", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0,
+        "atwu.score_position": "predictor"}),
+    ("learned + pretrain 50, λ_H=0", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50,
+        "atwu.score_position": "predictor", "atwu.lambda_entropy": 0.0}),
+    ("learned + pretrain 50, scorer_lr 0.2", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50,
+        "atwu.score_position": "predictor", "atwu.scorer_lr": 0.2}),
+    ("atwu_nll (rb=0, norm, n=1, predictor, pretrain 50)", "atwu_nll", {}),
+    ("atwu_frozen (g=0.5)", "atwu_frozen", {}),
+]
+
+MAIN = [("atwu_faithful", "atwu_faithful", {}), ("atwu_nll", "atwu_nll", {})]
+
+GRIDS: dict[str, Grid] = {
+    "headline": Grid(MAIN + [c for c in CONTROLS if c[1] != "wga"], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2],
+                     doc="faithful vs improved ATWU vs controls, 3 model/data seeds, 3 learning rates"),
+    "ablations": Grid(ABLATIONS, lrs=[1e-3], seeds=[0],
+                      doc="every ATWU.md ablation and the scorer-objective study, default generator, lr 1e-3"),
+    "robustness": Grid(MAIN + [("atwu_frozen (g=0.5)", "atwu_frozen", {}), ("satimp", "satimp", {})],
+                       lrs=[1e-3], seeds=[0],
+                       variants={
+                           "templates_per_fact=1": {"data.templates_per_fact": 1},
+                           "unique_share=0.7": {"data.unique_share": 0.7},
+                           "hidden_size=256": {"model.hidden_size": 256, "model.intermediate_size": 768},
+                       },
+                       doc="other generator settings and a wider model (settings fixed before any result)"),
+    "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
+                  lrs=[1e-3], seeds=[0], base={**QUICK, "train.steps": 3},
+                  doc="a seconds-long check of the machinery"),
+}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def dotted_to_nested(overrides: dict) -> dict:
+    nested: dict = {}
+    for key, value in overrides.items():
+        set_dotted(nested, key, value)
+    return nested
+
+
+def run_key(variant: str, seed: int, lr: float, label: str) -> str:
+    return f"{variant}|{seed}|{lr:g}|{label}"
+
+
+def seed_overrides(seed: int) -> dict:
+    return {"data.seed": seed, "model.seed": seed, "train.seed": seed}
+
+
+def load_runs(path: Path) -> dict[str, dict]:
+    runs = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                runs[row["key"]] = row
+    return runs
+
+
+def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int, log=print) -> dict[str, dict]:
+    from .embedded import prepare
+    from .unlearn import quiet_libraries, reference_rows, run_method
+
+    if threads:
+        torch.set_num_threads(threads)
+    quiet_libraries()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_path = out_dir / "runs.jsonl"
+    runs = load_runs(runs_path)
+    scratch = Path(tempfile.mkdtemp(prefix="atwu-sweep-"))
+    try:
+        for variant, variant_over in grid.variants.items():
+            for seed in grid.seeds:
+                todo = [(lr, m) for lr in grid.lrs for m in grid.methods
+                        if run_key(variant, seed, lr, m[0]) not in runs]
+                ref_key = run_key(variant, seed, 0.0, "__reference__")
+                if not todo and ref_key in runs:
+                    continue
+                base = {**grid.base, **variant_over, **seed_overrides(seed), "cache_dir": cache_dir}
+                cfg = merge(ExperimentConfig(), dotted_to_nested(base), where=f"grid {name}")
+                bench = prepare(cfg, lambda m: log(f"  {m}"))
+                reference, retain_r = split_reference(reference_rows(cfg, bench, log))
+                if ref_key not in runs:
+                    runs[ref_key] = append(runs_path, {"key": ref_key, "variant": variant, "seed": seed, "lr": 0.0,
+                                                       "label": "__reference__", "reference": reference})
+                for lr, (label, method, over) in todo:
+                    run_cfg = merge(cfg, dotted_to_nested({**over, "train.lr": lr}), where=label)
+                    t0 = time.perf_counter()
+                    run_dir = scratch / f"run{len(runs)}"
+                    metrics = run_method(method, run_cfg, bench, retain_r, run_dir, lambda m: None)
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    key = run_key(variant, seed, lr, label)
+                    runs[key] = append(runs_path, {"key": key, "variant": variant, "seed": seed, "lr": lr,
+                                                   "label": label, "method": method, "overrides": over,
+                                                   "metrics": metrics})
+                    log(f"{variant} seed {seed} lr {lr:g} {label}: FQ {metrics['forget_quality']:.2e} "
+                        f"MU {metrics['model_utility']:.3f} AUROC end {fmt(metrics.get('span_auroc'))} "
+                        f"avg {fmt(metrics.get('span_auroc_avg'))}  ({time.perf_counter() - t0:.0f}s)")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return runs
+
+
+def split_reference(out) -> tuple[dict, np.ndarray]:
+    """``reference_rows``'s answer as (reference without the raw ratios, retain forget truth ratios)."""
+    if isinstance(out, tuple):
+        return out
+    reference = {k: v for k, v in out.items() if k != "retain_forget_truth_ratios"}
+    return reference, np.asarray(out["retain_forget_truth_ratios"])
+
+
+def append(path: Path, row: dict) -> dict:
+    from .io import _clean_nans
+
+    with path.open("a") as f:
+        f.write(json.dumps(_clean_nans(row)) + "\n")
+    return row
+
+
+def fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def mean_std(values: list) -> str:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
+
+
+def log10(value):
+    return None if value is None else math.log10(max(float(value), 1e-300))
+
+
+METRIC_COLUMNS = [
+    ("log10 FQ", lambda m: log10(m.get("forget_quality"))),
+    ("MU", lambda m: m.get("model_utility")),
+    ("AUROC end", lambda m: m.get("span_auroc")),
+    ("AUROC avg", lambda m: m.get("span_auroc_avg")),
+    ("AP end", lambda m: m.get("span_ap")),
+    ("AUROC all-facts end", lambda m: m.get("span_auroc_all")),
+]
+
+
+def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
+    lines = [f"# Sweep `{name}`", "", grid.doc, "",
+             f"Seeds (data.seed = model.seed = train.seed): {grid.seeds}; mean ± sample std over seeds "
+             f"(n = {len(grid.seeds)}). Base overrides: `{grid.base}`. Span AUROC/AP: learned (or fixed) token "
+             "weights vs author-unique fact tokens of the forget set (AUROC all-facts: vs every fact token); "
+             "'end' after the last step, 'avg' the mean over the evaluation checkpoints.", ""]
+    for variant, over in grid.variants.items():
+        lines += [f"## Variant `{variant}` {over or ''}".rstrip(), ""]
+        refs = [runs.get(run_key(variant, s, 0.0, "__reference__")) for s in grid.seeds]
+        refs = [r["reference"] for r in refs if r]
+        if refs:
+            lines += ["Training-free rankers on the target model:", "",
+                      "| ranker | AUROC unique | AP unique | AUROC all facts |", "|---|---|---|---|"]
+            for ranker in refs[0]["rankers"]:
+                vals = [r["rankers"][ranker] for r in refs]
+                lines.append(f"| {ranker} | {mean_std([v['span_auroc'] for v in vals])} | "
+                             f"{mean_std([v['span_ap'] for v in vals])} | "
+                             f"{mean_std([v['span_auroc_all'] for v in vals])} |")
+            models = refs[0]["models"]
+            for model in models:
+                vals = [r["models"][model] for r in refs]
+                lines.append("")
+                lines.append(f"{model}: MU {mean_std([v.get('model_utility') for v in vals])}, log10 FQ "
+                             f"{mean_std([log10(v.get('forget_quality')) for v in vals])}")
+            lines.append("")
+        for lr in grid.lrs:
+            lines += [f"### lr {lr:g}", "", "| method | n | " + " | ".join(c for c, _ in METRIC_COLUMNS) + " |",
+                      "|---|---|" + "---|" * len(METRIC_COLUMNS)]
+            for label, _, _ in grid.methods:
+                rows = [runs.get(run_key(variant, s, lr, label)) for s in grid.seeds]
+                rows = [r["metrics"] for r in rows if r]
+                if not rows:
+                    continue
+                cells = [mean_std([f(m) for m in rows]) for _, f in METRIC_COLUMNS]
+                lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m atwu_fast.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("grids", nargs="*", help=f"grid names ({', '.join(GRIDS)}); 'all' for every grid but smoke")
+    parser.add_argument("--output-dir", default="runs/sweep", help="runs.jsonl and <grid>.md go here")
+    parser.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tables-only", action="store_true", help="rebuild the tables from runs.jsonl")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args(argv)
+    if args.list or not args.grids:
+        for name, grid in GRIDS.items():
+            n = len(grid.methods) * len(grid.lrs) * len(grid.seeds) * len(grid.variants)
+            print(f"{name}: {n} runs — {grid.doc}")
+        return 0
+    names = [n for n in GRIDS if n != "smoke"] if args.grids == ["all"] else args.grids
+    unknown = [n for n in names if n not in GRIDS]
+    if unknown:
+        print(f"error: unknown grid(s) {unknown}; choose from {', '.join(GRIDS)}", file=sys.stderr)
+        return 2
+    for name in names:
+        out = Path(args.output_dir) / name
+        grid = GRIDS[name]
+        runs = load_runs(out / "runs.jsonl") if args.tables_only else run_grid(
+            name, grid, out, args.cache_dir, args.threads, lambda m: print(m, flush=True))
+        text = tables(name, grid, runs)
+        (out / f"{name}.md").write_text(text + "\n")
+        print(f"tables written to {out / (name + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,12 +21,22 @@ from atwu_kernels import atwu_head
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import collate
+from .distributed import SINGLE, DistContext, wrap
 from .finetune import warmup_lambda
 from .methods import Method, TokenQuantities, variant_params
 from .model import answer_tokens, last_hidden, lm_head, token_nll
 from .optim import build_optimizer
 from .sampling import EpochSampler
 from .scorer import LinearScorer, ScorerTrainer, pretrain_scorer, scorer_objective
+
+
+@dataclass
+class Normalisers:
+    """Global normalisers of one micro-batch (distributed runs); None lets each loss count its own."""
+
+    n_forget: Optional[torch.Tensor] = None
+    n_retain: Optional[torch.Tensor] = None
+    n_seqs: Optional[torch.Tensor] = None
 
 
 class DivergenceError(RuntimeError):
@@ -47,12 +57,15 @@ def score_hidden(tokens, position: str) -> torch.Tensor:
 
 class Unlearner:
     def __init__(self, model, method: Method, params, cfg: TrainConfig, forget: list[dict], retain: list[dict],
-                 pad_id: int, reference=None, log: Optional[Callable[[str], None]] = None, optim: str = "adamw"):
+                 pad_id: int, reference=None, log: Optional[Callable[[str], None]] = None, optim: str = "adamw",
+                 dist: DistContext = SINGLE):
         if method.needs_reference and reference is None:
             raise ValueError(f"{method.name} needs a reference model")
         self.model, self.method, self.cfg, self.pad_id = model, method, cfg, pad_id
         self.forget, self.retain, self.reference = forget, retain, reference
         self.log = log or (lambda m: None)
+        self.dist = dist
+        self.step_module = wrap(model, dist)
         if method.params_section == "atwu":
             params = variant_params(method.name, params)
         self.params = params
@@ -83,19 +96,39 @@ class Unlearner:
         return {k: v.to(device, non_blocking=True) for k, v in collate(rows, pad_id=self.pad_id).items()}
 
     def micro_step(self, step: int, stats: dict) -> torch.Tensor:
+        """Loss of one micro-batch (this rank's shard of it when distributed; see
+        :mod:`atwu_fast.distributed` for why it is scaled by the world size)."""
         self.last_batch = (next(self.forget_batches), next(self.retain_batches))
-        forget_rows = [self.forget[i] for i in self.last_batch[0]]
-        retain_rows = [self.retain[i] for i in self.last_batch[1]]
+        forget_rows = [self.forget[i] for i in self.dist.shard(self.last_batch[0])]
+        retain_rows = [self.retain[i] for i in self.dist.shard(self.last_batch[1])]
         batch = self.batch(forget_rows + retain_rows)
+        norms = self.global_counts(batch["labels"], len(forget_rows))
+        loss = self.step_module(lambda model: self.micro_loss(step, stats, batch, forget_rows, norms))
+        return loss * self.dist.world
+
+    def global_counts(self, labels: torch.Tensor, n_forget_rows: int) -> Normalisers:
+        """N_F, N_R and the number of forget sequences summed over ranks (None: single process,
+        the loss functions count their own inputs)."""
+        if not self.dist.enabled:
+            return Normalisers()
+        valid = (labels[:, 1:] != -100).sum(dim=1).double()
+        counts = torch.stack([valid[:n_forget_rows].sum(), valid[n_forget_rows:].sum(),
+                              torch.tensor(float(n_forget_rows), dtype=torch.float64, device=labels.device)])
+        self.dist.all_reduce_sum(counts)
+        counts = counts.clamp_min(1).float()
+        return Normalisers(counts[0], counts[1], counts[2])
+
+    def micro_loss(self, step: int, stats: dict, batch: dict, forget_rows: list[dict], norms: Normalisers):
         hidden = last_hidden(self.model, batch["input_ids"], batch["attention_mask"])
         tokens = answer_tokens(hidden, batch["labels"])
         is_forget = tokens.seq < len(forget_rows)
         if self.scorer is not None and self.cfg.fused_head:
-            return self.fused_atwu_step(step, tokens, is_forget, len(forget_rows), stats)
+            return self.fused_atwu_step(step, tokens, is_forget, len(forget_rows), stats, norms)
         nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)
         q = TokenQuantities(forget_nll=nll[is_forget], forget_seq=tokens.seq[is_forget],
                             n_forget_seqs=len(forget_rows), retain_nll=nll[~is_forget],
-                            forget_span_kind=batch["span_kind"][tokens.seq, tokens.position][is_forget])
+                            forget_span_kind=batch["span_kind"][tokens.seq, tokens.position][is_forget],
+                            n_forget=norms.n_forget, n_retain=norms.n_retain, n_seqs_total=norms.n_seqs)
         if self.method.needs_reference:
             q.ref_forget_nll = self.reference_nll(forget_rows)
         loss = torch.zeros((), dtype=nll.dtype)
@@ -106,7 +139,8 @@ class Unlearner:
         self.record_nll(stats, q.forget_nll, q.retain_nll)
         return loss
 
-    def fused_atwu_step(self, step: int, tokens, is_forget: torch.Tensor, n_seqs: int, stats: dict) -> torch.Tensor:
+    def fused_atwu_step(self, step: int, tokens, is_forget: torch.Tensor, n_seqs: int, stats: dict,
+                        norms: Normalisers) -> torch.Tensor:
         """ATWU through the fused head: the same loss and gradients as the unfused path.
 
         The scorer must step before the model's scores are taken, and its reward needs ℓ, so on
@@ -117,7 +151,8 @@ class Unlearner:
         h_score = score_hidden(tokens, params.score_position).detach()
         h_forget = h_score[is_forget]
         q = TokenQuantities(forget_nll=torch.zeros(0), forget_seq=tokens.seq[is_forget], n_forget_seqs=n_seqs,
-                            retain_nll=torch.zeros(0))
+                            retain_nll=torch.zeros(0), n_forget=norms.n_forget, n_retain=norms.n_retain,
+                            n_seqs_total=norms.n_seqs)
         extra = torch.zeros(())
         if params.schedule == "alternating" and step % params.update_every == 0:
             with torch.no_grad():
@@ -125,7 +160,8 @@ class Unlearner:
             extra = self.scorer_pass(step, h_forget, q, stats, h_score[~is_forget])
         out = atwu_head(tokens.hidden_pred, weight, tokens.targets, is_forget, self.scorer.weight, self.scorer.bias,
                         score_hidden=h_score, alpha=params.alpha, gamma=params.gamma, beta=params.beta,
-                        saturation=params.saturation, bias=bias, chunk_size=self.cfg.loss_chunk_size)
+                        saturation=params.saturation, bias=bias, chunk_size=self.cfg.loss_chunk_size,
+                        n_forget=norms.n_forget, n_retain=norms.n_retain)
         if params.schedule != "alternating":
             q.forget_nll = out.nll[is_forget]
             extra = self.scorer_pass(step, h_forget, q, stats, h_score[~is_forget])
@@ -262,7 +298,8 @@ class Unlearner:
                 if evaluation is not None:
                     result.evaluations.append(evaluation)
             every = self.cfg.checkpoint_every
-            if checkpoint_dir is not None and ((every and done % every == 0) or done == self.cfg.steps):
+            if checkpoint_dir is not None and self.dist.is_main and (
+                    (every and done % every == 0) or done == self.cfg.steps):
                 self.checkpoint(checkpoint_dir, result, done)
         self.model.eval()
         return result
@@ -277,7 +314,8 @@ class Unlearner:
         for _ in range(self.cfg.grad_accum):
             loss = self.micro_step(step, stats) / self.cfg.grad_accum
             loss.backward()
-            total += loss.item()
+            total += loss.detach()
+        total = (self.dist.all_reduce_sum(total.double()) / self.dist.world).item()
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, clip).item()
         problem = None

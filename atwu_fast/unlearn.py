@@ -21,6 +21,7 @@ import yaml
 from . import progress
 from .cli import fail, parse_config
 from .config import ExperimentConfig
+from .distributed import SINGLE, DistContext, init_from_env
 from .embedded import Benchmark, prepare
 from .eval.synthetic import evaluate_model, evaluation_splits, forget_tokens, span_alignment
 from .io import atomic_dir, atomic_write_json, atomic_write_text
@@ -45,7 +46,7 @@ def method_token_weights(method: Method, params, scorer, tokens) -> torch.Tensor
 
 
 def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.ndarray, out_dir: Path,
-               log) -> dict:
+               log, ctx: DistContext = SINGLE) -> dict:
     """Unlearn with one method, evaluate, and write ``<out_dir>/<name>/`` (atomically). Training
     checkpoints go to ``<out_dir>/checkpoints/<name>/`` and are removed once the method is done;
     with ``cfg.resume`` the run continues from the latest one."""
@@ -55,7 +56,11 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
                                                  method.needs_reference)
     tok = bench.tokenizer
     unlearner = Unlearner(model, method, params, cfg.train, bench.encoded["forget"], bench.encoded["retain"],
-                          tok.pad_token_id, reference=reference, log=log, optim=cfg.efficiency.optim)
+                          tok.pad_token_id, reference=reference, log=log, optim=cfg.efficiency.optim, dist=ctx)
+    checkpoint_dir = out_dir / "checkpoints" / name
+    if not ctx.is_main:  # other ranks train their shards; rank 0 evaluates and writes
+        unlearner.run(checkpoint_dir=checkpoint_dir, resume=cfg.resume)
+        return {}
     base_nll = forget_tokens(model, bench.encoded["forget"], tok.pad_token_id, cfg.eval.batch_size).nll
     last: dict = {}  # the final evaluation's forget tokens and weights, for token_scores.json
     live = out_dir / name / "metrics.jsonl"  # tail-able during training; copied into the final method dir
@@ -78,7 +83,6 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
         metrics_log.log_scalars(step, alignment)
         return alignment
 
-    checkpoint_dir = out_dir / "checkpoints" / name
     start = time.perf_counter()
     try:
         result = unlearner.run(cfg.eval.eval_every, on_eval, on_step, checkpoint_dir=checkpoint_dir,
@@ -153,6 +157,17 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+def follow_main(cfg: ExperimentConfig, out_dir: Path, ctx: DistContext) -> int:
+    """A non-zero rank of a distributed run: wait for rank 0's cached assets, then train the same
+    methods on this rank's shards; rank 0 evaluates and writes everything."""
+    ctx.barrier()
+    bench = prepare(cfg, None)
+    for name in cfg.method_list():
+        if not (cfg.resume and (out_dir / name / "metrics.json").is_file()):
+            run_method(name, cfg, bench, np.zeros(0), out_dir, None, ctx)
+    return 0
+
+
 def default_output_dir(cfg: ExperimentConfig) -> Path:
     label = "all" if cfg.methods == ["all"] else "+".join(cfg.method_list())
     return Path("runs") / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -173,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"output directory {out_dir} is not empty; choose another --output-dir (or --resume)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    ctx = init_from_env()
+    if ctx.enabled and not cfg.output_dir:
+        fail("a distributed run needs an explicit --output-dir (the same on every rank)")
+    if not ctx.is_main:
+        return follow_main(cfg, out_dir, ctx)
     quiet_libraries()
     progress.configure(cfg.log.progress)
     methods = cfg.method_list()
@@ -182,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     bench = prepare(cfg, log)
+    ctx.barrier()  # the other ranks load the cached assets once they exist
     log(f"data: {', '.join(f'{k} {len(v)}' for k, v in bench.splits.items())} QA pairs; "
         f"vocab {len(bench.tokenizer)}  ({time.perf_counter() - t0:.0f}s)")
     if cfg.resume:
@@ -199,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         log(f"unlearning with {name} ({cfg.train.steps} steps, lr {cfg.train.lr:g}) ...")
         try:
-            results[name] = run_method(name, cfg, bench, retain_r, out_dir, log)
+            results[name] = run_method(name, cfg, bench, retain_r, out_dir, log, ctx)
         except DivergenceError as exc:
             print(f"error: {name} diverged: {exc}; the last good checkpoint is in {out_dir / 'checkpoints' / name}",
                   file=sys.stderr)

@@ -10,10 +10,9 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_cli import TINY
 
 from atwu_fast.unlearn import main
-
-from test_cli import TINY
 
 RUN = TINY + ["--method", "atwu", "--train.steps", "300", "--train.checkpoint_every", "10", "--eval.generate", "false",
               "--log.report", "false", "--eval.eval_every", "50"]

@@ -98,7 +98,7 @@ def test_variant_params():
     p = ATWUParams(update_every=3, lambda_contrast=0.5, pretrain_steps=9)
     assert variant_params("atwu", p) == p
     f = variant_params("atwu_faithful", p)
-    assert (f.lambda_reward, f.lambda_contrast, f.pretrain_steps, f.update_every) == (1.0, 0.0, 0, 3)
+    assert (f.lambda_reward, f.lambda_contrast, f.pretrain_steps, f.update_every) == (1.0, 0.0, 9, 3)
     assert variant_params("atwu_frozen", p).schedule == "frozen"
     assert variant_params("atwu_frozen", p).pretrain_steps == 0
     c = variant_params("atwu_nll", ATWUParams())

@@ -41,7 +41,7 @@ def atwu_oracle_loss(q: TokenQuantities, params):
 
 # The ATWU variants share the ``atwu`` config section; each fixes the fields below on top of it
 # (a command-line value of a fixed field is overridden for that variant).
-FAITHFUL = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "pretrain_steps": 0}  # ATWU.md's scorer objective
+FAITHFUL = {"lambda_reward": 1.0, "lambda_contrast": 0.0}  # ATWU.md's scorer objective (schedule options free)
 # The scorer-study variant (docs/scorer_study.md): non-saturating reward r = ℓ (β_r = 0) divided by
 # its batch mean, a scorer step every model step, the predictor position, 50 pre-training steps.
 NLL_TRACKING = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "reward_beta": 0.0, "reward_norm": True,

@@ -29,12 +29,16 @@ class TokenQuantities:
     forget_scores: Optional[Tensor] = None  # [N_F] ATWU token scores g (constant)
     ref_forget_nll: Optional[Tensor] = None  # [N_F] reference-model NLL (constant; NPO)
     forget_span_kind: Optional[Tensor] = None  # [N_F] ground-truth span kinds (controls only)
+    n_seqs_total: Optional[Count] = None  # sequence-mean normaliser (default: n_forget_seqs)
 
     def nf(self) -> Count:
         return self.n_forget if self.n_forget is not None else max(self.forget_nll.numel(), 1)
 
     def nr(self) -> Count:
         return self.n_retain if self.n_retain is not None else max(self.retain_nll.numel(), 1)
+
+    def nseq(self) -> Count:
+        return self.n_seqs_total if self.n_seqs_total is not None else max(self.n_forget_seqs, 1)
 
 
 @dataclass(frozen=True)

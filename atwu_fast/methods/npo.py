@@ -16,13 +16,13 @@ def npo_loss(q: TokenQuantities, params):
     if q.ref_forget_nll is None:
         raise ValueError("NPO needs the reference model's forget NLL")
     margin = sequence_sum(q.forget_nll - q.ref_forget_nll.detach(), q.forget_seq, q.n_forget_seqs)
-    return -(2.0 / params.beta) * F.logsigmoid(params.beta * margin).mean()
+    return -(2.0 / params.beta) * F.logsigmoid(params.beta * margin).sum() / q.nseq()
 
 
 def simnpo_loss(q: TokenQuantities, params):
     lengths = sequence_lengths(q.forget_seq, q.n_forget_seqs).clamp_min(1).to(q.forget_nll.dtype)
     mean_nll = sequence_sum(q.forget_nll, q.forget_seq, q.n_forget_seqs) / lengths
-    return -(2.0 / params.beta) * F.logsigmoid(params.beta * (mean_nll - params.delta)).mean()
+    return -(2.0 / params.beta) * F.logsigmoid(params.beta * (mean_nll - params.delta)).sum() / q.nseq()
 
 
 NPO = Method("npo", "npo", npo_loss, needs_reference=True)

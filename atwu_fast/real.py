@@ -6,7 +6,6 @@ only) ``python -m atwu_fast.eval``.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -27,6 +26,7 @@ from .eval.rwku import evaluate_rwku
 from .eval.scoring import row_tokens
 from .eval.tofu import TofuScorer, evaluate_tofu, rouge_entries, score_entry
 from .io import atomic_write_json, atomic_write_text
+from .loading import build_unlearn_model, save_unlearned
 
 DEFAULT_NEW_TOKENS = {"tofu": 200, "rwku": 30, "jsonl": 200}
 LOG_NAMES = {"tofu": "TOFU", "rwku": "RWKU", "jsonl": "JSONL"}
@@ -171,14 +171,24 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
     log_name = LOG_NAMES[bcfg.name]
     method = METHODS[name]
     params = getattr(cfg, method.params_section)
-    model, tokenizer = load_model(bcfg)
-    reference = copy.deepcopy(model).requires_grad_(False) if method.needs_reference else None
+    loaded: dict = {}
+
+    def load():
+        model, tokenizer = load_model(bcfg)
+        loaded.setdefault("tokenizer", tokenizer)
+        return model
+
+    # LoRA, 8-bit optimisers, checkpointing, attention kernel (the weights keep benchmark.dtype);
+    # NPO's reference is the adapter-disabled base with LoRA, else a second copy.
+    efficiency = dataclasses.replace(cfg.efficiency, dtype=bcfg.dtype)
+    model, reference, lora = build_unlearn_model(load, efficiency, method.needs_reference)
+    tokenizer = loaded["tokenizer"]
     state = {"best": None, "history": []}
     if bcfg.eval_before:
         save_logs(run_dir / "epoch_0", evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref), log_name)
 
     unlearner = Unlearner(model, method, params, train_cfg, forget_enc, retain_enc, tokenizer.pad_token_id,
-                          reference=reference, log=print)
+                          reference=reference, log=print, optim=cfg.efficiency.optim)
 
     def on_eval(step: int) -> None:
         logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
@@ -192,7 +202,7 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
             value = metric_value(summary, bcfg.keep_best_by)
             if value is not None and (state["best"] is None or value > state["best"]):
                 state["best"] = value
-                model.save_pretrained(run_dir / "best")
+                save_unlearned(model, lora, run_dir / "best", cfg.efficiency.save_merged)
                 tokenizer.save_pretrained(run_dir / "best")
                 atomic_write_json(run_dir / "best" / "best.json", {"step": step, "epoch": epoch,
                                                                     bcfg.keep_best_by: summary.get(bcfg.keep_best_by.lstrip("-"))})
@@ -209,7 +219,7 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
         for key, value in spans.items():
             logs[key] = entry(value)
     save_logs(run_dir, logs, log_name)
-    model.save_pretrained(run_dir / "model")
+    save_unlearned(model, lora, run_dir / "model", cfg.efficiency.save_merged)
     tokenizer.save_pretrained(run_dir / "model")
     atomic_write_json(run_dir / "history.json", {"steps": result.history, "evals": state["history"]})
     return {**summarize(logs), "train_seconds": seconds}

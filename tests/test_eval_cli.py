@@ -71,3 +71,20 @@ def test_unlearn_cli_rwku_with_spans(model_dir, tmp_path):
                          "--benchmark.max_new_tokens", "2", "--output-dir", str(out)]) == 0
     summary = json.loads((out / "wga" / "RWKU_SUMMARY.json").read_text())
     assert "span_auroc" in summary and "forget_all" in summary
+
+
+def test_unlearn_cli_tofu_npo_with_lora_and_8bit(model_dir, tmp_path):
+    """The efficiency options reach the real-benchmark path: LoRA adapter saved (no second model
+    copy for NPO's reference: the adapter-disabled base), 8-bit AdamW, gradient checkpointing."""
+    out = tmp_path / "lora"
+    assert unlearn_main(["--benchmark", "tofu", "--split", "forget01", "--model", str(model_dir),
+                         "--benchmark.data_dir", str(TOFU_DIR), "--method", "npo", "--train.steps", "2",
+                         "--train.forget_batch_size", "2", "--train.retain_batch_size", "2",
+                         "--efficiency.lora_rank", "4", "--efficiency.lora_targets", "q_proj,v_proj",
+                         "--efficiency.optim", "adamw_8bit", "--efficiency.gradient_checkpointing",
+                         "--benchmark.max_new_tokens", "2", "--output-dir", str(out)]) == 0
+    saved = out / "npo" / "model"
+    assert (saved / "adapter_config.json").is_file() and (saved / "adapter_model.safetensors").is_file()
+    assert not (saved / "model.safetensors").exists()
+    config = json.loads((saved / "adapter_config.json").read_text())
+    assert config["r"] == 4 and set(config["target_modules"]) == {"q_proj", "v_proj"}

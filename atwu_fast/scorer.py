@@ -22,6 +22,7 @@ estimator (value of the hard indicator, gradient of g).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -71,33 +72,62 @@ class ScorerLoss:
     contrast: Tensor
 
 
-def contrast_loss(scorer: LinearScorer, hidden_forget: Tensor, hidden_retain: Optional[Tensor]) -> Tensor:
-    """Balanced logistic loss: forget tokens labelled 1, retain tokens 0 (each class averaged)."""
+def contrast_loss(scorer: LinearScorer, hidden_forget: Tensor, hidden_retain: Optional[Tensor],
+                  n_forget=None, n_retain=None) -> Tensor:
+    """Balanced logistic loss: forget tokens labelled 1, retain tokens 0 (each class averaged over
+    ``n_forget`` / ``n_retain`` tokens, by default this call's counts)."""
     z_f = scorer.logits(hidden_forget)
-    loss = F.softplus(-z_f).mean() if z_f.numel() else z_f.sum()
+    loss = F.softplus(-z_f).sum() / (n_forget if n_forget is not None else max(z_f.numel(), 1))
     if hidden_retain is not None and hidden_retain.numel():
-        loss = loss + F.softplus(scorer.logits(hidden_retain)).mean()
+        z_r = scorer.logits(hidden_retain)
+        loss = loss + F.softplus(z_r).sum() / (n_retain if n_retain is not None else z_r.numel())
     return loss
 
 
+@dataclass
+class ScorerNorms:
+    """Global normalisers of the scorer objective in a distributed run (see atwu_fast.distributed):
+    token and sequence counts summed over ranks, an all-reduce for the reward's batch mean, and the
+    world size (the L2 term is split over ranks so that the summed gradient counts it once)."""
+
+    n_forget: Tensor
+    n_retain: Tensor
+    n_seqs: Tensor
+    world: int
+    all_reduce_sum: Callable[[Tensor], Tensor]
+
+
 def scorer_objective(scorer: LinearScorer, hidden: Tensor, nll: Tensor, seq: Tensor, n_seqs: int, params,
-                     n_forget=None, hidden_retain: Optional[Tensor] = None) -> ScorerLoss:
+                     n_forget=None, hidden_retain: Optional[Tensor] = None,
+                     norms: Optional[ScorerNorms] = None) -> ScorerLoss:
     """L_φ on one micro-batch of forget tokens (hidden [N_F, D] at the score position, nll [N_F]);
-    ``hidden_retain`` [N_R, D] (the retain tokens at the same position) feeds the contrast term."""
+    ``hidden_retain`` [N_R, D] (the retain tokens at the same position) feeds the contrast term.
+    Every mean is a sum over this call's tokens (sequences) divided by a count, so that with
+    ``norms`` the per-rank objectives add up to the single-process objective."""
     g = scorer(hidden)
+    n_retain_tokens = hidden_retain.shape[0] if hidden_retain is not None else 0
+    if norms is None:
+        nf = n_forget if n_forget is not None else max(g.numel(), 1)
+        nr, ns, world = max(n_retain_tokens, 1), max(n_seqs, 1), 1
+    else:
+        nf, nr, ns, world = norms.n_forget, norms.n_retain, norms.n_seqs, norms.world
     beta_r = params.reward_beta if params.reward_beta is not None else params.beta
-    reward = scorer_reward(nll, g, beta_r, params.reward_norm)
-    nf = n_forget if n_forget is not None else max(g.numel(), 1)
+    reward = scorer_reward(nll, g, beta_r)
+    if params.reward_norm:  # divide by the batch mean: the ranking within the batch is unchanged
+        total_reward = reward.sum()
+        if norms is not None:
+            total_reward = norms.all_reduce_sum(total_reward.clone())
+        reward = reward / (total_reward / nf).clamp_min(1e-12)
     reward_term = -(g * reward).sum() / nf
     lambda_reward = getattr(params, "lambda_reward", 1.0)
     lambda_contrast = getattr(params, "lambda_contrast", 0.0)
-    contrast = contrast_loss(scorer, hidden, hidden_retain) if lambda_contrast else torch.zeros(())
-    entropy = binary_entropy(g).mean() if g.numel() else g.sum()
+    contrast = contrast_loss(scorer, hidden, hidden_retain, nf, nr) if lambda_contrast else torch.zeros(())
+    entropy = binary_entropy(g).sum() / nf
     hard = (g > 0.5).float()
     straight_through = hard + g - g.detach()
     frac = sequence_sum(straight_through, seq, n_seqs) / sequence_lengths(seq, n_seqs).clamp_min(1)
-    budget = ((frac - params.budget) ** 2).mean()
-    l2 = scorer.weight.pow(2).sum()
+    budget = ((frac - params.budget) ** 2).sum() / ns
+    l2 = scorer.weight.pow(2).sum() / world
     total = (lambda_reward * reward_term + params.lambda_entropy * entropy + params.lambda_budget * budget
              + params.lambda_l2 * l2)
     if lambda_contrast:
@@ -118,10 +148,16 @@ class ScorerTrainer:
         self.updates = 0
 
     def step(self, hidden: Tensor, nll: Tensor, seq: Tensor, n_seqs: int,
-             hidden_retain: Optional[Tensor] = None) -> ScorerLoss:
+             hidden_retain: Optional[Tensor] = None, norms: Optional[ScorerNorms] = None) -> ScorerLoss:
+        """One SGD step; with ``norms`` (distributed) the gradient is summed over ranks first, so
+        every rank takes the same step on the global objective."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = scorer_objective(self.scorer, hidden, nll, seq, n_seqs, self.params, hidden_retain=hidden_retain)
+        loss = scorer_objective(self.scorer, hidden, nll, seq, n_seqs, self.params, hidden_retain=hidden_retain,
+                                norms=norms)
         loss.total.backward()
+        if norms is not None:
+            for p in self.scorer.parameters():
+                norms.all_reduce_sum(p.grad)
         if self.params.scorer_max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), self.params.scorer_max_grad_norm)
         self.optimizer.step()

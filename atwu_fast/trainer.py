@@ -27,7 +27,7 @@ from .methods import Method, TokenQuantities, variant_params
 from .model import answer_tokens, last_hidden, lm_head, token_nll
 from .optim import build_optimizer
 from .sampling import EpochSampler
-from .scorer import LinearScorer, ScorerTrainer, pretrain_scorer, scorer_objective
+from .scorer import LinearScorer, ScorerNorms, ScorerTrainer, pretrain_scorer, scorer_objective
 
 
 @dataclass
@@ -185,12 +185,15 @@ class Unlearner:
         hidden_r = hidden_r.detach() if hidden_r is not None else None
         nll_f = q.forget_nll.detach()
         extra = torch.zeros(())
+        norms = None
+        if self.dist.enabled:
+            norms = ScorerNorms(q.nf(), q.nr(), q.nseq(), self.dist.world, self.dist.all_reduce_sum)
         if self.params.schedule == "alternating" and step % self.params.update_every == 0:
-            parts = self.scorer_trainer.step(hidden_f, nll_f, q.forget_seq, q.n_forget_seqs, hidden_r)
+            parts = self.scorer_trainer.step(hidden_f, nll_f, q.forget_seq, q.n_forget_seqs, hidden_r, norms)
             stats["scorer_loss"] = parts.total.item()
         elif self.params.schedule == "joint":
             parts = scorer_objective(self.scorer, hidden_f, nll_f, q.forget_seq, q.n_forget_seqs, self.params,
-                                     hidden_retain=hidden_r)
+                                     hidden_retain=hidden_r, norms=norms)
             stats["scorer_loss"] = parts.total.item()
             extra = parts.total
         with torch.no_grad():
@@ -316,6 +319,9 @@ class Unlearner:
             loss.backward()
             total += loss.detach()
         total = (self.dist.all_reduce_sum(total.double()) / self.dist.world).item()
+        if self.dist.enabled and self.scorer is not None and self.params.schedule == "joint":
+            for p in self.scorer.parameters():  # not inside DDP: average its gradient by hand
+                self.dist.all_reduce_sum(p.grad).div_(self.dist.world)
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, clip).item()
         problem = None

@@ -47,7 +47,7 @@ def worker(rank: int, world: int, init_file: str, method: str, out: str) -> None
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["grad_diff", "npo", "simnpo", "wga", "atwu_frozen"])
+@pytest.mark.parametrize("method", ["grad_diff", "npo", "simnpo", "wga", "atwu_frozen", "atwu", "atwu_nll"])
 def test_two_gloo_ranks_equal_one_process(tmp_path, method):
     single = build(method, SINGLE)
     losses = [h["loss"] for h in single.run().history]

@@ -62,6 +62,9 @@ def _train_one(kind: str, cfg: ExperimentConfig, tokenizer_dir: str, out_dir: st
     """Fine-tune one tiny model and save it atomically (runs in a worker process when parallel)."""
     if threads:
         torch.set_num_threads(threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # worker processes: no per-file "Writing model shards" bars
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     splits = generate(cfg.data)
     rows = [r for name in TRAIN_SPLITS[kind] for r in splits[name]]

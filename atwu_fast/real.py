@@ -38,6 +38,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def load_tokenizer(bcfg: BenchmarkConfig):
+    """The tokenizer alone, with a pad token distinct from eos (see :func:`load_model`)."""
+    from transformers import AutoTokenizer
+
+    if not bcfg.model:
+        raise DataError("a real benchmark needs --model (a model directory or hub id)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(bcfg.tokenizer or bcfg.model, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"could not load the tokenizer of '{bcfg.tokenizer or bcfg.model}': "
+                        f"{str(exc).splitlines()[0]}") from None
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
 def load_model(bcfg: BenchmarkConfig):
     """Model and tokenizer from a directory or hub id (no remote code); the tokenizer gets a pad
     token distinct from eos (unk, or an added one with the embeddings resized)."""
@@ -124,9 +139,15 @@ def retain_reference(bcfg: BenchmarkConfig) -> RetainReference | None:
 # --------------------------------------------------------------------------- unlearning
 
 
-def encode_training(fmt: Formatter, rows: list[dict]) -> list[dict]:
-    """Encoded rows, always with ``span_kind`` (all answer tokens OUTSIDE when a row has no target words)."""
-    return [fmt.row({**r, "target_words": r.get("target_words") or []}) for r in rows]
+def encode_training(fmt: Formatter, rows: list[dict], name: str = "forget") -> list[dict]:
+    """Encoded rows, always with ``span_kind`` (all answer tokens OUTSIDE when a row has no target
+    words); a row whose answer ``max_length`` cuts away entirely is a :class:`DataError`."""
+    encoded = [fmt.row({**r, "target_words": r.get("target_words") or []}) for r in rows]
+    for i, row in enumerate(encoded):
+        if all(label == -100 for label in row["labels"]):
+            raise DataError(f"{name} row {i}: the answer is fully truncated by max_length {fmt.max_length}; "
+                            "raise --benchmark.max_length")
+    return encoded
 
 
 def metric_value(summary: dict, key: str) -> float | None:
@@ -241,9 +262,9 @@ def run_real(cfg: ExperimentConfig) -> int:
     try:
         data = load_benchmark(bcfg)
         retain_ref = retain_reference(bcfg)
-        _, tokenizer = load_model(bcfg)
+        tokenizer = load_tokenizer(bcfg)  # the model itself is loaded only once the data is valid
         fmt = formatter(tokenizer, bcfg)
-        forget_enc, retain_enc = encode_training(fmt, data.forget), encode_training(fmt, data.retain)
+        forget_enc, retain_enc = encode_training(fmt, data.forget), encode_training(fmt, data.retain, "retain")
     except (DataError, ValueError) as exc:
         fail(str(exc))
     if not retain_enc:

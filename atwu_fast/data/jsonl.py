@@ -13,8 +13,18 @@ def _check(rows: list[dict], path: str) -> list[dict]:
     if not rows:
         raise DataError(f"{path}: no rows")
     for i, r in enumerate(rows):
-        if not (("question" in r and "answer" in r) or "text" in r):
+        if "question" in r or "answer" in r:
+            for key in ("question", "answer"):
+                if not isinstance(r.get(key), str) or not r[key].strip():
+                    raise DataError(f"{path}: row {i}: '{key}' must be a non-empty string")
+        elif "text" in r:
+            if not isinstance(r["text"], str) or not r["text"].strip():
+                raise DataError(f"{path}: row {i}: 'text' must be a non-empty string")
+        else:
             raise DataError(f"{path}: row {i} needs question+answer or text")
+        words = r.get("target_words", [])
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise DataError(f"{path}: row {i}: 'target_words' must be a list of strings")
     return rows
 
 

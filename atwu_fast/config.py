@@ -322,6 +322,7 @@ class BenchmarkConfig:
     keep_best_by: str = _h("with eval_every_epoch: keep the checkpoint with the best summary metric "
                            "(prefix '-' to minimise), e.g. model_utility", "")
     eval_before: bool = _h("also evaluate the model before unlearning", False)
+    trust_remote_code: bool = _h("run the model repository's own Python code (only for models you trust)", False)
 
     def validate(self) -> None:
         _check(self.targets >= 1, "benchmark.targets must be >= 1")

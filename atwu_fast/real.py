@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +29,7 @@ from .eval.scoring import row_tokens
 from .eval.tofu import TofuScorer, evaluate_tofu, rouge_entries, score_entry
 from .io import atomic_write_json, atomic_write_text
 from .loading import build_unlearn_model, save_unlearned
+from .trainer import DivergenceError
 
 DEFAULT_NEW_TOKENS = {"tofu": 200, "rwku": 30, "jsonl": 200}
 LOG_NAMES = {"tofu": "TOFU", "rwku": "RWKU", "jsonl": "JSONL"}
@@ -45,7 +48,7 @@ def load_tokenizer(bcfg: BenchmarkConfig):
     if not bcfg.model:
         raise DataError("a real benchmark needs --model (a model directory or hub id)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(bcfg.tokenizer or bcfg.model, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(bcfg.tokenizer or bcfg.model, trust_remote_code=bcfg.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise DataError(f"could not load the tokenizer of '{bcfg.tokenizer or bcfg.model}': "
                         f"{str(exc).splitlines()[0]}") from None
@@ -61,9 +64,9 @@ def load_model(bcfg: BenchmarkConfig):
     if not bcfg.model:
         raise DataError("a real benchmark needs --model (a model directory or hub id)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(bcfg.tokenizer or bcfg.model, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(bcfg.tokenizer or bcfg.model, trust_remote_code=bcfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(bcfg.model, dtype=getattr(torch, bcfg.dtype),
-                                                     trust_remote_code=False)
+                                                     trust_remote_code=bcfg.trust_remote_code)
     except OSError as exc:
         raise DataError(f"could not load model '{bcfg.model}': {str(exc).splitlines()[0]}") from None
     if ensure_pad_token(tokenizer):
@@ -231,7 +234,8 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
             f"{k} {v:.4g}" for k, v in summary.items() if isinstance(v, (int, float))), flush=True)
 
     start = time.perf_counter()
-    result = unlearner.run(per_epoch if bcfg.eval_every_epoch else 0, on_eval)
+    result = unlearner.run(per_epoch if bcfg.eval_every_epoch else 0, on_eval,
+                           checkpoint_dir=run_dir.parent / "checkpoints" / name, resume=cfg.resume)
     seconds = time.perf_counter() - start
     logs = state["last"]
     if any(r.get("target_words") for r in data.forget):
@@ -252,8 +256,8 @@ def run_real(cfg: ExperimentConfig) -> int:
 
     bcfg = cfg.benchmark
     out_dir = Path(cfg.output_dir or f"runs/{bcfg.name}-{'+'.join(cfg.method_list())}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        fail(f"output directory {out_dir} is not empty; choose another --output-dir")
+    if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume:
+        fail(f"output directory {out_dir} is not empty; choose another --output-dir (or --resume)")
     if bcfg.keep_best_by and not bcfg.eval_every_epoch:
         fail("--benchmark.keep_best_by needs --benchmark.eval_every_epoch true")
     if cfg.threads:
@@ -274,8 +278,16 @@ def run_real(cfg: ExperimentConfig) -> int:
     per_epoch = math.ceil(len(forget_enc) / (train_cfg.forget_batch_size * train_cfg.grad_accum))
     if bcfg.epochs:
         train_cfg = dataclasses.replace(train_cfg, steps=bcfg.epochs * per_epoch)
-    results = {name: run_method_real(name, cfg, data, retain_ref, fmt, forget_enc, retain_enc, train_cfg,
-                                    per_epoch, out_dir / name) for name in cfg.method_list()}
+    results = {}
+    for name in cfg.method_list():
+        try:
+            results[name] = run_method_real(name, cfg, data, retain_ref, fmt, forget_enc, retain_enc, train_cfg,
+                                            per_epoch, out_dir / name)
+        except DivergenceError as exc:
+            print(f"error: {name} diverged: {exc}; the last good checkpoint is in {out_dir / 'checkpoints' / name}",
+                  file=sys.stderr)
+            return 3
+        shutil.rmtree(out_dir / "checkpoints" / name, ignore_errors=True)
     atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     for name, res in results.items():

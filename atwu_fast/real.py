@@ -7,6 +7,7 @@ only) ``python -m atwu_fast.eval``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import sys
@@ -208,6 +209,11 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
     model, reference, lora = build_unlearn_model(load, efficiency, method.needs_reference)
     tokenizer = loaded["tokenizer"]
     state = {"best": None, "history": []}
+    best_file = run_dir / "best" / "best.json"
+    if cfg.resume and bcfg.keep_best_by and best_file.is_file():  # a resumed run keeps the best so far
+        raw = json.loads(best_file.read_text()).get(bcfg.keep_best_by)
+        if raw is not None:
+            state["best"] = metric_value({bcfg.keep_best_by.lstrip("-"): raw}, bcfg.keep_best_by)
     if bcfg.eval_before:
         save_logs(run_dir / "epoch_0", evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref), log_name)
 

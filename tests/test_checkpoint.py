@@ -2,33 +2,26 @@
 
 import pytest
 import torch
+from tiny_unlearning import tiny_data, tiny_model
 
 from atwu_fast import checkpoint as ckpt
-from atwu_fast.config import ATWUParams, ExperimentConfig, ModelConfig, SyntheticConfig, TrainConfig
-from atwu_fast.data import encode_qa, generate, tokenizer_corpus, train_tokenizer
+from atwu_fast.config import ATWUParams, ExperimentConfig, TrainConfig
 from atwu_fast.methods import get_method
-from atwu_fast.model import build_tiny_llama
 from atwu_fast.trainer import DivergenceError, Unlearner
-
-TINY_MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    splits = generate(SyntheticConfig(n_forget_authors=3, n_retain_authors=4, n_holdout_authors=0, n_general=4))
-    tok = train_tokenizer(tokenizer_corpus(splits), 400)
-    enc = {k: [encode_qa(tok, r["question"], r["answer"], 64, r.get("spans")) for r in v] for k, v in splits.items()}
-    return tok, enc, build_tiny_llama(TINY_MODEL, tok, 80).state_dict()
+    tok, enc = tiny_data()
+    return tok, enc, tiny_model(tok).state_dict()
 
 
 def unlearner(tiny, method="atwu", **train):
     tok, enc, state = tiny
-    model = build_tiny_llama(TINY_MODEL, tok, 80)
-    model.load_state_dict(state)
+    model = tiny_model(tok, state)
     reference = None
     if get_method(method).needs_reference:
-        reference = build_tiny_llama(TINY_MODEL, tok, 80)
-        reference.load_state_dict(state)
+        reference = tiny_model(tok, state)
     params = ATWUParams(update_every=2) if method.startswith("atwu") else getattr(
         ExperimentConfig(), get_method(method).params_section)
     cfg = TrainConfig(**{"steps": 6, "forget_batch_size": 3, "retain_batch_size": 3, "lr": 1e-2,
@@ -79,7 +72,7 @@ def test_divergence_names_step_and_batch_and_keeps_last_good_checkpoint(tiny, tm
         run.run(on_step=poison, checkpoint_dir=tmp_path)
     good = ckpt.latest_checkpoint(tmp_path)
     assert good.name == "step-0000002"
-    model = build_tiny_llama(TINY_MODEL, tiny[0], 80)
+    model = tiny_model(tiny[0])
     state = ckpt.load_checkpoint(good, model)
     assert state["step"] == 2 and len(state["history"]) == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -106,4 +99,4 @@ def test_crash_while_writing_leaves_previous_checkpoint(tiny, tmp_path, monkeypa
     good = ckpt.latest_checkpoint(tmp_path)
     assert good.name == "step-0000001"
     assert not any(p.name.startswith(".step-0000002") for p in tmp_path.iterdir())  # no partial directory
-    assert ckpt.load_checkpoint(good, build_tiny_llama(TINY_MODEL, tiny[0], 80))["step"] == 1
+    assert ckpt.load_checkpoint(good, tiny_model(tiny[0]))["step"] == 1

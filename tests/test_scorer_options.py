@@ -5,12 +5,11 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_unlearning import tiny_data, tiny_model
 
-from atwu_fast.config import METHOD_NAMES, ATWUParams, ModelConfig, SyntheticConfig, TrainConfig
-from atwu_fast.data import encode_qa, generate, tokenizer_corpus, train_tokenizer
+from atwu_fast.config import METHOD_NAMES, ATWUParams, TrainConfig
 from atwu_fast.methods import METHODS, get_method, variant_params
 from atwu_fast.methods.atwu import FAITHFUL, NLL_TRACKING
-from atwu_fast.model import build_tiny_llama
 from atwu_fast.scorer import LinearScorer, pretrain_scorer, scorer_objective, scorer_reward
 from atwu_fast.trainer import Unlearner
 
@@ -111,17 +110,13 @@ def test_variant_params():
 
 @pytest.fixture(scope="module")
 def tiny():
-    splits = generate(SyntheticConfig(n_forget_authors=3, n_retain_authors=4, n_holdout_authors=0, n_general=4))
-    tok = train_tokenizer(tokenizer_corpus(splits), 400)
-    enc = {k: [encode_qa(tok, r["question"], r["answer"], 64, r.get("spans")) for r in v] for k, v in splits.items()}
-    model = build_tiny_llama(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, 80)
-    return tok, enc, model
+    tok, enc = tiny_data()
+    return tok, enc, tiny_model(tok)
 
 
 def make(tiny, method, params, **train):
     tok, enc, base = tiny
-    copy = build_tiny_llama(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, 80)
-    copy.load_state_dict(base.state_dict())
+    copy = tiny_model(tok, base.state_dict())
     cfg = TrainConfig(**{"steps": 3, "forget_batch_size": 4, "retain_batch_size": 4, "lr": 1e-2, **train})
     return Unlearner(copy, get_method(method), params, cfg, enc["forget"], enc["retain"], tok.pad_token_id)
 

@@ -53,6 +53,13 @@ class DistContext:
 SINGLE = DistContext()
 
 
+def shutdown(ctx: DistContext) -> None:
+    """Leave the process group cleanly (after every rank is done)."""
+    if ctx.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def init_from_env() -> DistContext:
     """Join the process group that ``torchrun`` / ``accelerate launch`` describe in the environment
     (WORLD_SIZE, RANK, MASTER_ADDR, ...); a plain run gets the single-process context."""

@@ -10,6 +10,7 @@ With gradient accumulation the scorer steps on each micro-batch of an update ste
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from atwu_kernels import atwu_head
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import collate
-from .distributed import SINGLE, DistContext, wrap
+from .distributed import SINGLE, DistContext, ModelStep, wrap
 from .finetune import warmup_lambda
 from .methods import Method, TokenQuantities, variant_params
 from .model import answer_tokens, last_hidden, lm_head, token_nll
@@ -305,7 +306,17 @@ class Unlearner:
                     (every and done % every == 0) or done == self.cfg.steps):
                 self.checkpoint(checkpoint_dir, result, done)
         self.model.eval()
+        self.release_distributed()
         return result
+
+    def release_distributed(self) -> None:
+        """Drop the DDP wrapper while the process group is still alive: DDP's reducer must not be the
+        one to destroy the group, or its destructor (holding the GIL) can deadlock with the gloo
+        worker thread that frees the last all-reduce's tensors (which needs the GIL)."""
+        if self.dist.enabled and not isinstance(self.step_module, ModelStep):
+            self.dist.barrier()
+            self.step_module = ModelStep(self.model)
+            gc.collect()
 
     def train_step(self, step: int, trainable: list) -> dict:
         """One optimiser step; raises :class:`DivergenceError` (step not taken) on a non-finite

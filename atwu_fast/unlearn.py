@@ -21,7 +21,7 @@ import yaml
 from . import progress
 from .cli import fail, parse_config
 from .config import ExperimentConfig
-from .distributed import SINGLE, DistContext, init_from_env
+from .distributed import SINGLE, DistContext, init_from_env, shutdown
 from .embedded import Benchmark, prepare
 from .eval.synthetic import evaluate_model, evaluation_splits, forget_tokens, span_alignment
 from .io import atomic_dir, atomic_write_json, atomic_write_text
@@ -165,6 +165,7 @@ def follow_main(cfg: ExperimentConfig, out_dir: Path, ctx: DistContext) -> int:
     for name in cfg.method_list():
         if not (cfg.resume and (out_dir / name / "metrics.json").is_file()):
             run_method(name, cfg, bench, np.zeros(0), out_dir, None, ctx)
+    shutdown(ctx)
     return 0
 
 
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, ranks in reference["rankers"].items():
         print(f"span AUROC of {name}: unique {ranks['span_auroc']:.3f}, all facts {ranks['span_auroc_all']:.3f}")
     print(f"\nresults written to {out_dir}  (total {time.perf_counter() - t0:.0f}s)")
+    shutdown(ctx)
     return 0
 
 

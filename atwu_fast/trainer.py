@@ -290,31 +290,36 @@ class Unlearner:
                 start = self.load_state_dict(load_checkpoint(found, self.model), result)
                 self.log(f"  resumed from {found} (step {start})")
         trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
-        for step in range(start, self.cfg.steps):
-            stats = self.train_step(step, trainable)
-            result.history.append(stats)
-            if on_step:
-                on_step(stats)
-            done = step + 1
-            if on_eval and ((eval_every and done % eval_every == 0) or done == self.cfg.steps):
-                self.model.eval()
-                evaluation = on_eval(done)
-                if evaluation is not None:
-                    result.evaluations.append(evaluation)
-            every = self.cfg.checkpoint_every
-            if checkpoint_dir is not None and self.dist.is_main and (
-                    (every and done % every == 0) or done == self.cfg.steps):
-                self.checkpoint(checkpoint_dir, result, done)
+        try:
+            for step in range(start, self.cfg.steps):
+                stats = self.train_step(step, trainable)
+                result.history.append(stats)
+                if on_step:
+                    on_step(stats)
+                done = step + 1
+                if on_eval and ((eval_every and done % eval_every == 0) or done == self.cfg.steps):
+                    self.model.eval()
+                    evaluation = on_eval(done)
+                    if evaluation is not None:
+                        result.evaluations.append(evaluation)
+                every = self.cfg.checkpoint_every
+                if checkpoint_dir is not None and self.dist.is_main and (
+                        (every and done % every == 0) or done == self.cfg.steps):
+                    self.checkpoint(checkpoint_dir, result, done)
+        except BaseException:
+            self.release_distributed(synchronise=False)  # no barrier: the other ranks may not be here
+            raise
         self.model.eval()
         self.release_distributed()
         return result
 
-    def release_distributed(self) -> None:
+    def release_distributed(self, synchronise: bool = True) -> None:
         """Drop the DDP wrapper while the process group is still alive: DDP's reducer must not be the
         one to destroy the group, or its destructor (holding the GIL) can deadlock with the gloo
         worker thread that frees the last all-reduce's tensors (which needs the GIL)."""
         if self.dist.enabled and not isinstance(self.step_module, ModelStep):
-            self.dist.barrier()
+            if synchronise:
+                self.dist.barrier()
             self.step_module = ModelStep(self.model)
             gc.collect()
 

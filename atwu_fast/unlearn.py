@@ -164,7 +164,10 @@ def follow_main(cfg: ExperimentConfig, out_dir: Path, ctx: DistContext) -> int:
     bench = prepare(cfg, None)
     for name in cfg.method_list():
         if not (cfg.resume and (out_dir / name / "metrics.json").is_file()):
-            run_method(name, cfg, bench, np.zeros(0), out_dir, None, ctx)
+            try:
+                run_method(name, cfg, bench, np.zeros(0), out_dir, None, ctx)
+            except DivergenceError:
+                return 3  # every rank sees the same global loss; rank 0 reports it
     shutdown(ctx)
     return 0
 

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from test_scorer import double_scorer
 from tiny_unlearning import tiny_data, tiny_model
 
 from atwu_fast.config import METHOD_NAMES, ATWUParams, TrainConfig
@@ -21,14 +22,6 @@ def batch(seed=0, n=13, d=6):
     seq = torch.tensor([0] * 5 + [1] * 6 + [2] * (n - 11))
     retain = torch.randn(9, d, generator=g, dtype=torch.float64)
     return hidden, nll, seq, retain
-
-
-def double_scorer(d=6, seed=1):
-    scorer = LinearScorer(d).double()
-    with torch.no_grad():
-        scorer.weight.copy_(torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.5)
-        scorer.bias.fill_(0.1)
-    return scorer
 
 
 def test_every_registered_method_is_a_config_name():

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .io import atomic_dir, atomic_write_text
 
@@ -22,12 +22,16 @@ STATE_FILE = "trainer_state.pt"
 POINTER = "latest"
 
 
-def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, state: dict) -> Path:
+def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module | dict, state: dict) -> Path:
+    """``model``: the module, or its whole state dict (an FSDP run's gathered weights)."""
     root = Path(root)
     target = root / f"step-{step:07d}"
 
     def build(d: Path) -> None:
-        save_model(model, str(d / MODEL_FILE))  # handles tied weights
+        if isinstance(model, dict):
+            save_file(_unshared(model), str(d / MODEL_FILE))
+        else:
+            save_model(model, str(d / MODEL_FILE))  # handles tied weights
         torch.save(state, d / STATE_FILE)
 
     atomic_dir(target, build)
@@ -36,6 +40,17 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, state: 
         if old.name != target.name and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _unshared(state: dict) -> dict:
+    """Tensors that share storage (tied weights) cloned apart: safetensors stores each once."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in state.items():
+        ptr = value.untyped_storage().data_ptr()
+        out[key] = value.clone().contiguous() if ptr in seen else value.contiguous()
+        seen.add(ptr)
+    return out
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -50,8 +65,15 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict:
-    """Load the weights into ``model`` in place; return the trainer state."""
+def load_checkpoint(path: str | Path, model: torch.nn.Module | None) -> dict:
+    """Load the weights into ``model`` in place (None: leave them, see :func:`checkpoint_weights`);
+    return the trainer state."""
     path = Path(path)
-    load_model(model, str(path / MODEL_FILE))
+    if model is not None:
+        load_model(model, str(path / MODEL_FILE))
     return torch.load(path / STATE_FILE, weights_only=True)
+
+
+def checkpoint_weights(path: str | Path) -> dict:
+    """The checkpoint's weights as a state dict (CPU)."""
+    return load_file(str(Path(path) / MODEL_FILE))

@@ -1,7 +1,10 @@
 """Data-parallel training on torch.distributed (launched by ``torchrun`` or ``accelerate launch``).
 
-The model is wrapped in :class:`torch.nn.parallel.DistributedDataParallel`; each rank takes a
-contiguous shard of every global micro-batch. To make the distributed loss equal the
+Two engines, both torch's own: ``ddp`` wraps the model in
+:class:`torch.nn.parallel.DistributedDataParallel` (every rank holds all weights); ``fsdp`` shards
+weights, gradients and optimizer state with FSDP2 (``torch.distributed.fsdp.fully_shard``: one unit
+per decoder layer plus a root unit holding the embeddings, final norm and LM head). Each rank takes
+a contiguous shard of every global micro-batch. To make the distributed loss equal the
 single-process loss at the same global batch, every normaliser is global: token counts N_F, N_R
 and the number of forget sequences are summed over ranks, each rank's loss is its share of the
 global sums, and the loss is multiplied by the world size to undo DDP's gradient averaging. The
@@ -10,8 +13,13 @@ ATWU scorer (D + 1 parameters) is replicated; its gradient is summed with an all
 
 from __future__ import annotations
 
+import math
 import os
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -83,9 +91,149 @@ class ModelStep(nn.Module):
         return fn(self.model)
 
 
-def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+PARALLEL_ENGINES = ("ddp", "fsdp")
+_SHARDED_ROOTS: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP shards one by one: the model's own no-split blocks (its decoder layers)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    units = [m for m in model.modules() if type(m).__name__ in names]
+    if not units:
+        raise ValueError(f"{type(model).__name__} names no decoder-layer class (_no_split_modules); "
+                         "use --efficiency.parallel ddp")
+    return units
+
+
+def wrap(model: nn.Module, ctx: DistContext, engine: str = "ddp") -> nn.Module:
+    """The module whose forward runs one whole loss computation (see :class:`ModelStep`):
+    plain, DDP-wrapped, or FSDP2-sharded in place (``model``'s weights become DTensor shards)."""
     step = ModelStep(model)
     if not ctx.enabled:
         return step
+    if engine == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (ctx.world,))
+        for unit in shard_units(model):
+            fully_shard(unit, mesh=mesh)
+        fully_shard(step, mesh=mesh)
+        _SHARDED_ROOTS[model] = step
+        return step
     device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
     return nn.parallel.DistributedDataParallel(step, device_ids=device_ids)
+
+
+def sharded_root(model: nn.Module) -> nn.Module | None:
+    """The FSDP root wrapping ``model``, or None when its weights are whole on this rank."""
+    return _SHARDED_ROOTS.get(model)
+
+
+def run_on(model: nn.Module, fn: Callable[[nn.Module], Any]) -> Any:
+    """``fn(model)``; for an FSDP-sharded model through its root, so the weights are gathered."""
+    root = sharded_root(model)
+    return root(fn) if root is not None else fn(model)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole model's state dict on CPU: gathered from every rank under FSDP (a collective:
+    call on every rank; only rank 0 gets the tensors, the others None), else ``model.state_dict()``."""
+    root = sharded_root(model)
+    if root is None:
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    state = {k[len("model."):]: v for k, v in full.items()}
+    tied: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        first = tied.setdefault(id(param), name)
+        if first != name and first in state:
+            state[name] = state[first]  # tied weights stay one tensor (save_pretrained stores it once)
+    return state
+
+
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`full_state_dict` (every rank passes the whole state)."""
+    root = sharded_root(model)
+    if root is None:
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(root, {"model." + k: v for k, v in state.items()},
+                         options=StateDictOptions(full_state_dict=True))
+
+
+def _state_root(model: nn.Module, extra: dict[str, nn.Module]) -> nn.Module:
+    return nn.ModuleDict({"step": sharded_root(model), **extra})
+
+
+def full_optimizer_state(model: nn.Module, optimizer, extra: dict[str, nn.Module]) -> dict:
+    """The optimizer state of an FSDP-sharded ``model`` (plus the unsharded ``extra`` modules it
+    also optimises), gathered whole to CPU; a collective, meaningful on rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(_state_root(model, extra), optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer, extra: dict[str, nn.Module], state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(_state_root(model, extra), optimizer, state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+# --------------------------------------------------------------------------- collective evaluation
+_EVAL_CONTEXT: list[DistContext] = []
+
+
+@contextmanager
+def collective_eval(ctx: DistContext) -> Iterator[None]:
+    """Within this block, :func:`map_batches` shards rows over ``ctx``'s ranks and gathers the
+    results; every rank must run the same evaluation code."""
+    _EVAL_CONTEXT.append(ctx)
+    try:
+        yield
+    finally:
+        _EVAL_CONTEXT.pop()
+
+
+def eval_context() -> DistContext:
+    return _EVAL_CONTEXT[-1] if _EVAL_CONTEXT else SINGLE
+
+
+def map_batches(model: nn.Module, items: list, batch_size: int, fn: Callable[[nn.Module, list], list],
+                starts=None) -> list:
+    """``fn(model, part)`` over ``items`` in batches of ``batch_size`` (one result per item, on the
+    CPU), run through :func:`run_on`. Inside :func:`collective_eval` each rank maps its contiguous
+    shard and the results come back from every rank in the original order; a sharded model's ranks
+    with fewer batches run padding batches, so every rank makes the same forward calls.
+    ``starts(n, batch_size)`` may supply the batch offsets (a progress bar)."""
+    ctx = eval_context()
+    sharded = sharded_root(model) is not None
+    if sharded and not ctx.enabled and dist.is_initialized() and dist.get_world_size() > 1:
+        raise RuntimeError("an FSDP-sharded model must be evaluated inside collective_eval on every rank")
+    mine = [items[i] for i in ctx.shard(list(range(len(items))))]
+    offsets = list(starts(len(mine), batch_size) if starts else range(0, len(mine), batch_size))
+    results: list = []
+    for lo in offsets:
+        results.extend(run_on(model, lambda m, part=mine[lo:lo + batch_size]: fn(m, part)))
+    if not ctx.enabled:
+        return results
+    if sharded and items:
+        most = math.ceil(math.ceil(len(items) / ctx.world) / batch_size)
+        for _ in range(most - len(offsets)):
+            run_on(model, lambda m: fn(m, items[:1]))  # keeps the sharded forwards in step; dropped
+    gathered: list = [None] * ctx.world
+    dist.all_gather_object(gathered, results)
+    return [r for part in gathered for r in part]
+
+
+def generation_kwargs(model: nn.Module) -> dict:
+    """Extra ``generate`` arguments: a sharded model must keep all ranks stepping together."""
+    return {"synced_gpus": True} if sharded_root(model) is not None and eval_context().enabled else {}

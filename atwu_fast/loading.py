@@ -163,9 +163,10 @@ def build_unlearn_model(load, eff, needs_reference: bool):
     return model, reference, None
 
 
-def save_unlearned(model, handle, directory, merged: bool = False) -> None:
-    """Save the full model, or with LoRA the adapter (``merged``: the merged model)."""
+def save_unlearned(model, handle, directory, merged: bool = False, state_dict: dict | None = None) -> None:
+    """Save the full model, or with LoRA the adapter (``merged``: the merged model). ``state_dict``:
+    the whole weights when ``model`` holds only this rank's shards (FSDP)."""
     if handle is not None:
         handle.save(directory, merged=merged)
     else:
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, state_dict=state_dict)

@@ -91,7 +91,8 @@ def token_nll(model: PreTrainedModel, tokens: AnswerTokens, chunk_size: int = 10
 
 
 @torch.no_grad()
-def greedy_generate(model: PreTrainedModel, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+def greedy_generate(model: PreTrainedModel, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                    **generate_kwargs) -> list[str]:
     """Batched greedy decoding of left-padded prompts; returns the decoded continuations."""
     from .data import collate, decode_answer
 
@@ -103,6 +104,7 @@ def greedy_generate(model: PreTrainedModel, tokenizer, prompts: list[list[int]],
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **generate_kwargs,
     )
     continuations = out[:, batch["input_ids"].shape[1]:]
     return [decode_answer(tokenizer, row.tolist()) for row in continuations]

@@ -66,21 +66,25 @@ def _plain(value: Any) -> Any:
 
 class MetricsLogger:
     """One JSON object per training step in ``path`` (flushed each line, so it can be tailed),
-    plus the same scalars to TensorBoard under ``<tag_prefix>/<key>`` when a writer is given."""
+    plus the same scalars to TensorBoard under ``<tag_prefix>/<key>`` when a writer is given.
+    ``path`` None logs nothing to a file (a non-zero rank of a distributed run)."""
 
-    def __init__(self, path: str | Path, method: str, tensorboard_dir: str | Path | None = None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path | None, method: str, tensorboard_dir: str | Path | None = None):
         self.method = method
-        self._fh = open(self.path, "w")
+        self._fh = None
+        if path is not None:
+            self.path = Path(path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "w")
         self._writer = None
         if tensorboard_dir is not None:
             self._writer = tensorboard_writer(tensorboard_dir)
 
     def log(self, stats: dict) -> None:
         row = {"method": self.method, **{k: _plain(v) for k, v in stats.items()}}
-        self._fh.write(json.dumps(row, allow_nan=False) + "\n")
-        self._fh.flush()
+        if self._fh is not None:
+            self._fh.write(json.dumps(row, allow_nan=False) + "\n")
+            self._fh.flush()
         if self._writer is not None:
             step = int(stats.get("step", 0))
             for key, value in row.items():
@@ -97,7 +101,7 @@ class MetricsLogger:
                 self._writer.add_scalar(f"{self.method}/{prefix}/{key}", value, step)
 
     def close(self) -> None:
-        if not self._fh.closed:
+        if self._fh is not None and not self._fh.closed:
             self._fh.close()
         if self._writer is not None:
             self._writer.close()

@@ -19,10 +19,11 @@ from typing import Optional
 import torch
 from atwu_kernels import atwu_head
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_weights, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import collate
-from .distributed import SINGLE, DistContext, ModelStep, wrap
+from .distributed import (SINGLE, DistContext, ModelStep, full_optimizer_state, full_state_dict,
+                          load_full_optimizer_state, load_full_state_dict, run_on, sharded_root, wrap)
 from .finetune import warmup_lambda
 from .methods import Method, TokenQuantities, variant_params
 from .model import answer_tokens, last_hidden, lm_head, token_nll
@@ -56,17 +57,38 @@ def score_hidden(tokens, position: str) -> torch.Tensor:
     return tokens.hidden_token if position == "token" else tokens.hidden_pred
 
 
+def clip_grad_norm(params: list, max_norm: float) -> float:
+    """torch's ``clip_grad_norm_`` (total L2 norm, grads scaled by max_norm / (norm + 1e-6) when
+    above it), also over FSDP's DTensor gradient shards mixed with plain ones (the joint scorer)."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    squares = torch.nn.utils.get_total_norm(sharded).full_tensor().double() ** 2
+    if plain:
+        squares = squares + torch.nn.utils.get_total_norm(plain).double() ** 2
+    total = squares.sqrt().item()
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+    return total
+
+
 class Unlearner:
     def __init__(self, model, method: Method, params, cfg: TrainConfig, forget: list[dict], retain: list[dict],
                  pad_id: int, reference=None, log: Optional[Callable[[str], None]] = None, optim: str = "adamw",
-                 dist: DistContext = SINGLE):
+                 dist: DistContext = SINGLE, parallel: str = "ddp"):
         if method.needs_reference and reference is None:
             raise ValueError(f"{method.name} needs a reference model")
         self.model, self.method, self.cfg, self.pad_id = model, method, cfg, pad_id
         self.forget, self.retain, self.reference = forget, retain, reference
         self.log = log or (lambda m: None)
         self.dist = dist
-        self.step_module = wrap(model, dist)
+        self.step_module = wrap(model, dist, parallel)
         if method.params_section == "atwu":
             params = variant_params(method.name, params)
         self.params = params
@@ -207,12 +229,15 @@ class Unlearner:
         """``pretrain_steps`` scorer steps on the (not yet unlearned) model: every forget row and the
         first ``pretrain_retain_rows`` retain rows, one no-grad forward, cached and detached."""
         retain_rows = self.retain[:self.params.pretrain_retain_rows]
+        def target_tokens(model):
+            tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            return tokens, token_nll(model, tokens, self.cfg.loss_chunk_size)
+
         with torch.no_grad():
             was_training = self.model.training
             self.model.eval()
             batch = self.batch(self.forget + retain_rows)
-            tokens = answer_tokens(last_hidden(self.model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
-            nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)
+            tokens, nll = run_on(self.model, target_tokens)  # every rank: the same full batch
             self.model.train(was_training)
         is_forget = tokens.seq < len(self.forget)
         h = score_hidden(tokens, self.params.score_position).detach()
@@ -270,8 +295,31 @@ class Unlearner:
             self.scorer_trainer.updates = state["scorer_updates"]
         return int(state["step"])
 
+    def optimised_extras(self) -> dict:
+        """Modules outside the model that the model optimizer also steps (the joint scorer)."""
+        return {"scorer": self.scorer} if self.scorer is not None and self.params.schedule == "joint" else {}
+
     def checkpoint(self, directory, result: UnlearnResult, step: int) -> None:
-        save_checkpoint(directory, step, self.model, self.state_dict(result, step))
+        """Rank 0 writes; under FSDP every rank first takes part in gathering the weights and the
+        optimizer state."""
+        if sharded_root(self.model) is None:
+            if self.dist.is_main:
+                save_checkpoint(directory, step, self.model, self.state_dict(result, step))
+            return
+        weights = full_state_dict(self.model)
+        optimizer = full_optimizer_state(self.model, self.optimizer, self.optimised_extras())
+        if self.dist.is_main:
+            save_checkpoint(directory, step, weights, {**self.state_dict(result, step), "optimizer": optimizer})
+
+    def restore(self, path, result: UnlearnResult) -> int:
+        """Weights and trainer state from checkpoint ``path`` (every rank reads it)."""
+        if sharded_root(self.model) is None:
+            return self.load_state_dict(load_checkpoint(path, self.model), result)
+        load_full_state_dict(self.model, checkpoint_weights(path))
+        state = load_checkpoint(path, None)
+        load_full_optimizer_state(self.model, self.optimizer, self.optimised_extras(), state.pop("optimizer"))
+        state["optimizer"] = self.optimizer.state_dict()
+        return self.load_state_dict(state, result)
 
     # ------------------------------------------------------------------ the loop
     def run(self, eval_every: int = 0, on_eval: Optional[Callable[[int], Optional[dict]]] = None,
@@ -287,7 +335,7 @@ class Unlearner:
         if resume and checkpoint_dir is not None:
             found = latest_checkpoint(checkpoint_dir)
             if found is not None:
-                start = self.load_state_dict(load_checkpoint(found, self.model), result)
+                start = self.restore(found, result)
                 self.log(f"  resumed from {found} (step {start})")
         trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         try:
@@ -303,8 +351,7 @@ class Unlearner:
                     if evaluation is not None:
                         result.evaluations.append(evaluation)
                 every = self.cfg.checkpoint_every
-                if checkpoint_dir is not None and self.dist.is_main and (
-                        (every and done % every == 0) or done == self.cfg.steps):
+                if checkpoint_dir is not None and ((every and done % every == 0) or done == self.cfg.steps):
                     self.checkpoint(checkpoint_dir, result, done)
         except BaseException:
             self.release_distributed(synchronise=False)  # no barrier: the other ranks may not be here
@@ -316,8 +363,9 @@ class Unlearner:
     def release_distributed(self, synchronise: bool = True) -> None:
         """Drop the DDP wrapper while the process group is still alive: DDP's reducer must not be the
         one to destroy the group, or its destructor (holding the GIL) can deadlock with the gloo
-        worker thread that frees the last all-reduce's tensors (which needs the GIL)."""
-        if self.dist.enabled and not isinstance(self.step_module, ModelStep):
+        worker thread that frees the last all-reduce's tensors (which needs the GIL). An FSDP model
+        stays sharded (its evaluation and saving run on every rank)."""
+        if self.dist.enabled and isinstance(self.step_module, torch.nn.parallel.DistributedDataParallel):
             if synchronise:
                 self.dist.barrier()
             self.step_module = ModelStep(self.model)
@@ -339,7 +387,7 @@ class Unlearner:
             for p in self.scorer.parameters():  # not inside DDP: average its gradient by hand
                 self.dist.all_reduce_sum(p.grad).div_(self.dist.world)
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, clip).item()
+        grad_norm = clip_grad_norm(trainable, clip)
         problem = None
         if not math.isfinite(total):
             problem = f"non-finite loss ({total})"

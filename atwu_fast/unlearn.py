@@ -21,7 +21,7 @@ import yaml
 from . import progress
 from .cli import fail, parse_config
 from .config import ExperimentConfig
-from .distributed import SINGLE, DistContext, init_from_env, shutdown
+from .distributed import SINGLE, DistContext, collective_eval, full_state_dict, init_from_env, sharded_root, shutdown
 from .embedded import Benchmark, prepare
 from .eval.synthetic import evaluate_model, evaluation_splits, forget_tokens, span_alignment
 from .io import atomic_dir, atomic_write_json, atomic_write_text
@@ -49,22 +49,22 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
                log, ctx: DistContext = SINGLE) -> dict:
     """Unlearn with one method, evaluate, and write ``<out_dir>/<name>/`` (atomically). Training
     checkpoints go to ``<out_dir>/checkpoints/<name>/`` and are removed once the method is done;
-    with ``cfg.resume`` the run continues from the latest one."""
+    with ``cfg.resume`` the run continues from the latest one. Distributed: every rank trains its
+    shards and evaluates its share of the rows (call inside :func:`collective_eval`); rank 0 writes."""
     method = METHODS[name]
     params = getattr(cfg, method.params_section)
     model, reference, lora = build_unlearn_model(lambda: bench.load_model("target"), cfg.efficiency,
                                                  method.needs_reference)
     tok = bench.tokenizer
     unlearner = Unlearner(model, method, params, cfg.train, bench.encoded["forget"], bench.encoded["retain"],
-                          tok.pad_token_id, reference=reference, log=log, optim=cfg.efficiency.optim, dist=ctx)
+                          tok.pad_token_id, reference=reference, log=log, optim=cfg.efficiency.optim, dist=ctx,
+                          parallel=cfg.efficiency.parallel)
     checkpoint_dir = out_dir / "checkpoints" / name
-    if not ctx.is_main:  # other ranks train their shards; rank 0 evaluates and writes
-        unlearner.run(checkpoint_dir=checkpoint_dir, resume=cfg.resume)
-        return {}
     base_nll = forget_tokens(model, bench.encoded["forget"], tok.pad_token_id, cfg.eval.batch_size).nll
     last: dict = {}  # the final evaluation's forget tokens and weights, for token_scores.json
     live = out_dir / name / "metrics.jsonl"  # tail-able during training; copied into the final method dir
-    metrics_log = progress.MetricsLogger(live, name, out_dir / "tensorboard" / name if cfg.log.tensorboard else None)
+    metrics_log = progress.MetricsLogger(live if ctx.is_main else None, name,
+                                         out_dir / "tensorboard" / name if cfg.log.tensorboard and ctx.is_main else None)
     train_bar = progress.bar(total=cfg.train.steps, desc=f"unlearn {name}", unit="step", leave=True)
 
     def on_step(stats: dict) -> None:
@@ -102,9 +102,12 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
     else:
         metrics.update(span_auroc=None, span_ap=None, span_auroc_avg=None)
     metrics["train_seconds"] = train_seconds
+    weights = full_state_dict(model) if sharded_root(model) is not None else None  # every rank gathers
+    if not ctx.is_main:
+        return metrics
 
     def save(d: Path) -> None:
-        save_unlearned(model, lora, d / "model", cfg.efficiency.save_merged)
+        save_unlearned(model, lora, d / "model", cfg.efficiency.save_merged, state_dict=weights)
         tok.save_pretrained(d / "model")
         if result.scorer is not None:
             from safetensors.torch import save_file
@@ -157,21 +160,6 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def follow_main(cfg: ExperimentConfig, out_dir: Path, ctx: DistContext) -> int:
-    """A non-zero rank of a distributed run: wait for rank 0's cached assets, then train the same
-    methods on this rank's shards; rank 0 evaluates and writes everything."""
-    ctx.barrier()
-    bench = prepare(cfg, None)
-    for name in cfg.method_list():
-        if not (cfg.resume and (out_dir / name / "metrics.json").is_file()):
-            try:
-                run_method(name, cfg, bench, np.zeros(0), out_dir, None, ctx)
-            except DivergenceError:
-                return 3  # every rank sees the same global loss; rank 0 reports it
-    shutdown(ctx)
-    return 0
-
-
 def default_output_dir(cfg: ExperimentConfig) -> Path:
     label = "all" if cfg.methods == ["all"] else "+".join(cfg.method_list())
     return Path("runs") / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -195,41 +183,51 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_from_env()
     if ctx.enabled and not cfg.output_dir:
         fail("a distributed run needs an explicit --output-dir (the same on every rank)")
-    if not ctx.is_main:
-        return follow_main(cfg, out_dir, ctx)
     quiet_libraries()
-    progress.configure(cfg.log.progress)
+    progress.configure(cfg.log.progress if ctx.is_main else "off")
     methods = cfg.method_list()
+    finished = {name for name in methods if cfg.resume and (out_dir / name / "metrics.json").is_file()}
 
     def log(message: str) -> None:
-        print(message, flush=True)
+        if ctx.is_main:
+            print(message, flush=True)
 
     t0 = time.perf_counter()
-    bench = prepare(cfg, log)
-    ctx.barrier()  # the other ranks load the cached assets once they exist
+    if ctx.is_main:
+        bench = prepare(cfg, log)
+        ctx.barrier()  # the other ranks load the cached assets once they exist
+    else:
+        ctx.barrier()
+        bench = prepare(cfg, None)
     log(f"data: {', '.join(f'{k} {len(v)}' for k, v in bench.splits.items())} QA pairs; "
         f"vocab {len(bench.tokenizer)}  ({time.perf_counter() - t0:.0f}s)")
-    if cfg.resume:
-        reference = json.loads((out_dir / "reference.json").read_text())
-    else:
-        reference = reference_rows(cfg, bench, log)
-        atomic_write_json(out_dir / "reference.json", reference)
-    retain_r = np.asarray(reference["retain_forget_truth_ratios"])
     results: dict[str, dict] = {}
-    for name in methods:
-        done = out_dir / name / "metrics.json"
-        if cfg.resume and done.is_file():
-            results[name] = json.loads(done.read_text())
-            log(f"{name}: already finished, kept")
-            continue
-        log(f"unlearning with {name} ({cfg.train.steps} steps, lr {cfg.train.lr:g}) ...")
-        try:
-            results[name] = run_method(name, cfg, bench, retain_r, out_dir, log, ctx)
-        except DivergenceError as exc:
-            print(f"error: {name} diverged: {exc}; the last good checkpoint is in {out_dir / 'checkpoints' / name}",
-                  file=sys.stderr)
-            return 3
-        log(f"  done in {results[name]['train_seconds']:.0f}s")
+    with collective_eval(ctx):  # every rank evaluates its share of the rows; rank 0 writes
+        if cfg.resume:
+            reference = json.loads((out_dir / "reference.json").read_text())
+        else:
+            reference = reference_rows(cfg, bench, log)
+            if ctx.is_main:
+                atomic_write_json(out_dir / "reference.json", reference)
+        retain_r = np.asarray(reference["retain_forget_truth_ratios"])
+        for name in methods:
+            done = out_dir / name / "metrics.json"
+            if name in finished:
+                results[name] = json.loads(done.read_text())
+                log(f"{name}: already finished, kept")
+                continue
+            log(f"unlearning with {name} ({cfg.train.steps} steps, lr {cfg.train.lr:g}) ...")
+            try:
+                results[name] = run_method(name, cfg, bench, retain_r, out_dir, log, ctx)
+            except DivergenceError as exc:
+                if ctx.is_main:
+                    print(f"error: {name} diverged: {exc}; the last good checkpoint is in "
+                          f"{out_dir / 'checkpoints' / name}", file=sys.stderr)
+                return 3  # every rank sees the same global loss
+            log(f"  done in {results[name]['train_seconds']:.0f}s")
+    if not ctx.is_main:
+        shutdown(ctx)
+        return 0
     atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     table = results_table({**reference["models"], **results})

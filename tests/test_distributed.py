@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from atwu_fast.config import ATWUParams, ExperimentConfig, ModelConfig, SyntheticConfig, TrainConfig
 from atwu_fast.data import encode_qa, generate, tokenizer_corpus, train_tokenizer
-from atwu_fast.distributed import SINGLE, DistContext, shutdown
+from atwu_fast.distributed import SINGLE, DistContext, full_state_dict, shutdown
 from atwu_fast.methods import get_method
 from atwu_fast.model import build_tiny_llama
 from atwu_fast.trainer import Unlearner
@@ -20,7 +20,7 @@ MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size
 STEPS = 4
 
 
-def build(method: str, ctx: DistContext) -> Unlearner:
+def build(method: str, ctx: DistContext, parallel: str = "ddp", params: dict | None = None) -> Unlearner:
     torch.set_num_threads(1)
     splits = generate(SyntheticConfig(n_forget_authors=3, n_retain_authors=4, n_holdout_authors=0, n_general=4))
     tok = train_tokenizer(tokenizer_corpus(splits), 400)
@@ -29,32 +29,34 @@ def build(method: str, ctx: DistContext) -> Unlearner:
     reference = None
     if get_method(method).needs_reference:
         reference = build_tiny_llama(MODEL, tok, 80).requires_grad_(False)
-    params = (ATWUParams(update_every=2) if method.startswith("atwu")
+    params = (ATWUParams(update_every=2, **(params or {})) if method.startswith("atwu")
               else getattr(ExperimentConfig(), get_method(method).params_section))
     cfg = TrainConfig(steps=STEPS, forget_batch_size=4, retain_batch_size=6, lr=1e-3, grad_accum=2)
     return Unlearner(model, get_method(method), params, cfg, enc["forget"][:12], enc["retain"][:18], tok.pad_token_id,
-                     reference=reference, dist=ctx)
+                     reference=reference, dist=ctx, parallel=parallel)
 
 
-def worker(rank: int, world: int, init_file: str, method: str, out: str) -> None:
+def worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, params: dict) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))  # a stuck collective fails, never hangs
     try:
-        unlearner = build(method, DistContext(rank, world))
+        unlearner = build(method, DistContext(rank, world), parallel, params)
         result = unlearner.run()
+        weights = full_state_dict(unlearner.model)  # a collective under FSDP
         if rank == 0:
             torch.save({"losses": [h["loss"] for h in result.history],
-                        "weights": {k: v.detach().clone() for k, v in unlearner.model.state_dict().items()}}, out)
+                        "weights": {k: v.detach().clone() for k, v in weights.items()}}, out)
     finally:
         shutdown(DistContext(rank, world))
 
 
-def run_two_ranks(method: str, tmp_path, out, deadline_s: float = 300.0) -> None:
+def run_two_ranks(method: str, tmp_path, out, parallel: str = "ddp", params: dict | None = None,
+                  deadline_s: float = 300.0) -> None:
     """Spawn 2 ranks and wait for them. A rank that has written its results but does not exit within
     the deadline is terminated with a warning instead of hanging the suite (gloo teardown can hang
     if a DDP reducer is the last owner of the group; Unlearner.release_distributed prevents that)."""
-    context = mp.start_processes(worker, args=(2, str(tmp_path / "init"), method, str(out)), nprocs=2, join=False,
-                                 start_method="spawn")
+    context = mp.start_processes(worker, args=(2, str(tmp_path / "init"), method, str(out), parallel, params or {}),
+                                 nprocs=2, join=False, start_method="spawn")
     start = time.time()
     while not context.join(timeout=5):
         if time.time() - start > deadline_s:
@@ -66,12 +68,16 @@ def run_two_ranks(method: str, tmp_path, out, deadline_s: float = 300.0) -> None
             return
 
 
-@pytest.mark.parametrize("method", ["grad_diff", "npo", "simnpo", "wga", "atwu_frozen", "atwu", "atwu_nll"])
-def test_two_gloo_ranks_equal_one_process(tmp_path, method):
-    single = build(method, SINGLE)
+CASES = [("ddp", m, {}) for m in ["grad_diff", "npo", "simnpo", "wga", "atwu_frozen", "atwu", "atwu_nll"]]
+CASES += [("fsdp", "grad_diff", {}), ("fsdp", "npo", {}), ("fsdp", "atwu", {}), ("fsdp", "atwu", {"schedule": "joint"})]
+
+
+@pytest.mark.parametrize("parallel,method,params", CASES)
+def test_two_gloo_ranks_equal_one_process(tmp_path, parallel, method, params):
+    single = build(method, SINGLE, params=params)
     losses = [h["loss"] for h in single.run().history]
     out = tmp_path / "rank0.pt"
-    run_two_ranks(method, tmp_path, out)
+    run_two_ranks(method, tmp_path, out, parallel, params)
     got = torch.load(out, weights_only=True)
     assert got["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)
     for key, value in single.model.state_dict().items():
@@ -85,3 +91,46 @@ def test_shards_cover_the_global_batch():
     shards = [DistContext(r, 3).shard(batch) for r in range(3)]
     assert shards == [[0, 1, 2], [3, 4], [5, 6]]
     assert DistContext(0, 1).shard(batch) == batch
+
+
+class Interrupt(Exception):
+    pass
+
+
+def resume_worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, ckpt: str) -> None:
+    """Train until step 3 (checkpoint at step 2), stop, then resume in a fresh Unlearner."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        first = build(method, DistContext(rank, world), parallel)
+        first.cfg.checkpoint_every = 2
+
+        def stop(stats):
+            if stats["step"] == 3:
+                raise Interrupt
+
+        with pytest.raises(Interrupt):
+            first.run(on_step=stop, checkpoint_dir=ckpt)
+        second = build(method, DistContext(rank, world), parallel)
+        second.cfg.checkpoint_every = 2
+        steps_run: list[int] = []
+        result = second.run(on_step=lambda stats: steps_run.append(stats["step"]), checkpoint_dir=ckpt, resume=True)
+        weights = full_state_dict(second.model)
+        if rank == 0:
+            torch.save({"losses": [h["loss"] for h in result.history], "weights": weights, "steps_run": steps_run}, out)
+    finally:
+        shutdown(DistContext(rank, world))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_resume_from_checkpoint_equals_uninterrupted(tmp_path, parallel):
+    single = build("atwu", SINGLE)
+    losses = [h["loss"] for h in single.run().history]
+    out = tmp_path / "rank0.pt"
+    mp.start_processes(resume_worker, args=(2, str(tmp_path / "init"), "atwu", str(out), parallel, str(tmp_path / "ckpt")),
+                       nprocs=2, join=True, start_method="spawn")
+    got = torch.load(out, weights_only=True)
+    assert got["steps_run"] == [3, 4]  # resumed from the step-2 checkpoint
+    assert got["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)  # history restored, then steps 3-4
+    for key, value in single.model.state_dict().items():
+        assert torch.allclose(got["weights"][key], value, rtol=1e-5, atol=1e-6), key

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data import collate
+from ..distributed import generation_kwargs, map_batches
 from ..model import answer_tokens, last_hidden, lm_head, token_nll
 
 
@@ -49,16 +50,14 @@ def _split(values: torch.Tensor, seq: torch.Tensor, n: int) -> list[np.ndarray]:
 def row_tokens(model, rows: list[dict], pad_id: int, batch_size: int, argmax: bool = False,
                moments: bool = False, chunk_size: int = 1024) -> RowTokens:
     """Teacher-forced answer-token NLL (and optionally argmax ids, μ_t, σ_t) of encoded rows."""
-    out = RowTokens([], [], [] if argmax else None, [] if moments else None, [] if moments else None)
-    device = model_device(model)
-    weight, bias = lm_head(model)
-    for start in range(0, len(rows), batch_size):
-        part = rows[start:start + batch_size]
-        batch = _to(collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in part], pad_id), device)
-        tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    def batch_rows(m, part: list[dict]) -> list[dict]:
+        weight, bias = lm_head(m)
+        batch = _to(collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in part], pad_id),
+                    model_device(m))
+        tokens = answer_tokens(last_hidden(m, batch["input_ids"], batch["attention_mask"]), batch["labels"])
         n = len(part)
-        out.nll.extend(_split(token_nll(model, tokens, chunk_size), tokens.seq, n))
-        out.labels.extend(_split(tokens.targets, tokens.seq, n))
+        cols = {"nll": _split(token_nll(m, tokens, chunk_size), tokens.seq, n),
+                "labels": _split(tokens.targets, tokens.seq, n)}
         if argmax or moments:
             preds, mus, sigmas = [], [], []
             for lo in range(0, tokens.targets.numel(), chunk_size):
@@ -77,26 +76,32 @@ def row_tokens(model, rows: list[dict], pad_id: int, batch_size: int, argmax: bo
                     sigmas.append(var.clamp_min(0).sqrt())
             empty = tokens.targets.new_zeros(0)
             if argmax:
-                out.argmax.extend(_split(torch.cat(preds) if preds else empty, tokens.seq, n))
+                cols["argmax"] = _split(torch.cat(preds) if preds else empty, tokens.seq, n)
             if moments:
-                out.mu.extend(_split(torch.cat(mus) if mus else empty.float(), tokens.seq, n))
-                out.sigma.extend(_split(torch.cat(sigmas) if sigmas else empty.float(), tokens.seq, n))
-    return out
+                cols["mu"] = _split(torch.cat(mus) if mus else empty.float(), tokens.seq, n)
+                cols["sigma"] = _split(torch.cat(sigmas) if sigmas else empty.float(), tokens.seq, n)
+        return [{k: v[i] for k, v in cols.items()} for i in range(n)]
+
+    per_row = map_batches(model, rows, batch_size, batch_rows)
+    column = lambda key: [r[key] for r in per_row]  # noqa: E731
+    return RowTokens(column("nll"), column("labels"), column("argmax") if argmax else None,
+                     column("mu") if moments else None, column("sigma") if moments else None)
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
              stop_ids: list[int], stop_strings: tuple[str, ...] = ()) -> list[str]:
     """Greedy continuations of left-padded prompts, cut at the first stop id / stop string, stripped."""
-    device = model_device(model)
-    texts: list[str] = []
     stops = set(stop_ids)
-    for start in range(0, len(prompts), batch_size):
-        batch = _to(collate([{"input_ids": p} for p in prompts[start:start + batch_size]],
-                            pad_id=tokenizer.pad_token_id, side="left"), device)
-        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=list(stop_ids) or None)
+
+    def batch_texts(m, part: list[list[int]]) -> list[str]:
+        batch = _to(collate([{"input_ids": p} for p in part], pad_id=tokenizer.pad_token_id, side="left"),
+                    model_device(m))
+        out = m.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=list(stop_ids) or None,
+                         **generation_kwargs(model))
+        texts = []
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
             ids = []
             for i in row:
@@ -108,4 +113,6 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
                 if s and s in text:
                     text = text.split(s)[0]
             texts.append(text.strip())
-    return texts
+        return texts
+
+    return map_batches(model, prompts, batch_size, batch_texts)

@@ -16,6 +16,7 @@ import torch
 
 from .. import progress
 from ..data import collate, encode_prompt, encode_qa
+from ..distributed import generation_kwargs, map_batches
 from ..methods.base import sequence_lengths, sequence_sum
 from ..model import answer_tokens, greedy_generate, last_hidden, token_nll
 from . import metrics
@@ -26,15 +27,16 @@ UNIQUE, POOLED = 2, 1
 @torch.no_grad()
 def mean_answer_nll(model, tokenizer, pairs: list[tuple[str, str]], max_length: int, batch_size: int) -> np.ndarray:
     """Mean token NLL (EOS included) of each answer given its question: L̄(a|q)."""
-    out = []
-    for start in progress.batch_starts(len(pairs), batch_size, "eval NLL"):
-        rows = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs[start:start + batch_size]]
+    def batch_nll(m, part: list[tuple[str, str]]) -> list[float]:
+        rows = [encode_qa(tokenizer, q, a, max_length) for q, a in part]
         batch = collate(rows, pad_id=tokenizer.pad_token_id)
-        tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
-        nll = token_nll(model, tokens)
+        tokens = answer_tokens(last_hidden(m, batch["input_ids"], batch["attention_mask"]), batch["labels"])
         n = len(rows)
-        out.append((sequence_sum(nll, tokens.seq, n) / sequence_lengths(tokens.seq, n).clamp_min(1)).numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+        mean = sequence_sum(token_nll(m, tokens), tokens.seq, n) / sequence_lengths(tokens.seq, n).clamp_min(1)
+        return mean.tolist()
+
+    return np.asarray(map_batches(model, pairs, batch_size, batch_nll,
+                                  lambda n, b: progress.batch_starts(n, b, "eval NLL")), dtype=np.float64)
 
 
 def truth_ratios(model, tokenizer, rows: list[dict], correct_key: str, max_length: int, batch_size: int) -> np.ndarray:
@@ -47,11 +49,11 @@ def truth_ratios(model, tokenizer, rows: list[dict], correct_key: str, max_lengt
 
 
 def generations(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
-    out = []
-    for start in progress.batch_starts(len(rows), batch_size, "generate"):
-        prompts = [encode_prompt(tokenizer, r["question"]) for r in rows[start:start + batch_size]]
-        out.extend(greedy_generate(model, tokenizer, prompts, max_new_tokens))
-    return out
+    def batch_generations(m, part: list[dict]) -> list[str]:
+        return greedy_generate(m, tokenizer, [encode_prompt(tokenizer, r["question"]) for r in part], max_new_tokens,
+                               **generation_kwargs(model))
+
+    return map_batches(model, rows, batch_size, batch_generations, lambda n, b: progress.batch_starts(n, b, "generate"))
 
 
 def _generation_metrics(prefix: str, gens: list[str], rows: list[dict]) -> dict:
@@ -144,14 +146,17 @@ class ForgetTokens:
 
 @torch.no_grad()
 def forget_tokens(model, encoded_forget: list[dict], pad_id: int, batch_size: int) -> ForgetTokens:
-    parts = []
-    for start in progress.batch_starts(len(encoded_forget), batch_size, "forget tokens"):
-        batch = collate(encoded_forget[start:start + batch_size], pad_id=pad_id)
-        tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    def batch_tokens(m, part: list[dict]) -> list[tuple]:
+        batch = collate(part, pad_id=pad_id)
+        tokens = answer_tokens(last_hidden(m, batch["input_ids"], batch["attention_mask"]), batch["labels"])
         kinds = batch["span_kind"][tokens.seq, tokens.position]
-        parts.append((tokens.hidden_token, tokens.hidden_pred, token_nll(model, tokens), kinds, tokens.seq + start))
-    cols = list(zip(*parts))
-    return ForgetTokens(*(torch.cat(c) for c in cols))
+        cols = [t.cpu() for t in (tokens.hidden_token, tokens.hidden_pred, token_nll(m, tokens), kinds)]
+        return [tuple(c[tokens.seq.cpu() == i] for c in cols) for i in range(len(part))]
+
+    rows = map_batches(model, encoded_forget, batch_size, batch_tokens,
+                       lambda n, b: progress.batch_starts(n, b, "forget tokens"))
+    seq = torch.cat([torch.full((len(r[2]),), i, dtype=torch.long) for i, r in enumerate(rows)])
+    return ForgetTokens(*(torch.cat(c) for c in zip(*rows)), seq)
 
 
 def span_alignment(weights: torch.Tensor, span_kind: torch.Tensor) -> dict:

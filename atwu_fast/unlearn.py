@@ -29,6 +29,7 @@ from .loading import build_unlearn_model, save_unlearned
 from .methods import METHODS, Method
 from .report import results_table
 from .report_html import token_score_rows, token_scores_doc, write_outputs
+from .resume import METRICS_FILE, finished_metrics
 from .trainer import DivergenceError, Unlearner
 
 SHORTCUTS = {"--method": "method", "--methods": "methods", "--output-dir": "output_dir", "--seed": "train.seed"}
@@ -113,7 +114,7 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
                       str(d / "scorer.safetensors"))
         atomic_write_json(d / "history.json", {"steps": result.history, "span_checkpoints": checkpoints})
         atomic_write_json(d / "samples.json", evaluation.samples)
-        atomic_write_json(d / "metrics.json", metrics)
+        atomic_write_json(d / METRICS_FILE, metrics)
         if live.is_file():
             shutil.copyfile(live, d / "metrics.jsonl")
         tokens = last.get("tokens")
@@ -163,7 +164,7 @@ def follow_main(cfg: ExperimentConfig, out_dir: Path, ctx: DistContext) -> int:
     ctx.barrier()
     bench = prepare(cfg, None)
     for name in cfg.method_list():
-        if not (cfg.resume and (out_dir / name / "metrics.json").is_file()):
+        if not (cfg.resume and (out_dir / name / METRICS_FILE).is_file()):
             try:
                 run_method(name, cfg, bench, np.zeros(0), out_dir, None, ctx)
             except DivergenceError:
@@ -217,9 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     retain_r = np.asarray(reference["retain_forget_truth_ratios"])
     results: dict[str, dict] = {}
     for name in methods:
-        done = out_dir / name / "metrics.json"
-        if cfg.resume and done.is_file():
-            results[name] = json.loads(done.read_text())
+        try:
+            done = finished_metrics(out_dir / name) if cfg.resume else None
+        except ValueError as exc:
+            fail(str(exc))
+        if done is not None:
+            results[name] = done
             log(f"{name}: already finished, kept")
             continue
         log(f"unlearning with {name} ({cfg.train.steps} steps, lr {cfg.train.lr:g}) ...")

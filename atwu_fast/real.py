@@ -1,7 +1,8 @@
 """Real-benchmark runs: load a model (directory or hub id), a benchmark (TOFU, RWKU, JSONL), unlearn
 with the shared :class:`~atwu_fast.trainer.Unlearner`, and evaluate with the reference harness's
 metrics and log layout. Used by ``python -m atwu_fast.unlearn --benchmark ...`` and (evaluation
-only) ``python -m atwu_fast.eval``. A run writes the same report as the embedded benchmark.
+only) ``python -m atwu_fast.eval``. A run writes the same report as the embedded benchmark, and a
+resumed run keeps the methods that had finished.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .io import atomic_write_json, atomic_write_text
 from .loading import build_unlearn_model, save_unlearned
 from .real_scores import forget_token_scores, save_token_scores
 from .report import columns_for, results_table
+from .resume import METRICS_FILE, finished_metrics
 from .trainer import DivergenceError
 
 DEFAULT_NEW_TOKENS = {"tofu": 200, "rwku": 30, "jsonl": 200}
@@ -179,8 +181,8 @@ def forget_samples(logs: dict, n: int = 5) -> list[dict]:
 def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retain_ref, fmt: Formatter,
                     forget_enc: list[dict], retain_enc: list[dict], train_cfg, per_epoch: int,
                     run_dir: Path) -> dict:
-    """Unlearn with one method; evaluate at the end (and every epoch); write logs, the model and the
-    report's per-token scores."""
+    """Unlearn with one method; evaluate at the end (and every epoch); write logs, the model, the
+    report's per-token scores and, last, ``metrics.json`` (which marks the method finished)."""
     from .eval.synthetic import span_alignment
     from .methods import METHODS
     from .trainer import Unlearner
@@ -255,7 +257,9 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
     atomic_write_json(run_dir / "history.json", {"steps": result.history, "evals": state["history"]})
     atomic_write_json(run_dir / "samples.json", forget_samples(logs))
     save_token_scores(run_dir, method, tokenizer, data.forget, forget_enc, final, base)
-    return {**summarize(logs), "train_seconds": seconds}
+    metrics = {**summarize(logs), "train_seconds": seconds}
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    return metrics
 
 
 def run_real(cfg: ExperimentConfig) -> int:
@@ -288,6 +292,14 @@ def run_real(cfg: ExperimentConfig) -> int:
         train_cfg = dataclasses.replace(train_cfg, steps=bcfg.epochs * per_epoch)
     results = {}
     for name in cfg.method_list():
+        try:
+            done = finished_metrics(out_dir / name) if cfg.resume else None
+        except ValueError as exc:
+            fail(str(exc))
+        if done is not None:
+            results[name] = done
+            print(f"{name}: already finished, kept", flush=True)
+            continue
         try:
             results[name] = run_method_real(name, cfg, data, retain_ref, fmt, forget_enc, retain_enc, train_cfg,
                                             per_epoch, out_dir / name)

@@ -1,5 +1,5 @@
 """Real-benchmark runs (TOFU, RWKU, JSONL) on the tiny fixtures write the same self-contained report
-as the embedded benchmark, with their own metrics."""
+as the embedded benchmark, with their own metrics; a resumed run keeps the methods that finished."""
 
 import json
 import os
@@ -10,11 +10,16 @@ from test_report import NEEDS_CHROMIUM, render_in_chromium, self_contained  # te
 
 from atwu_fast.report_html import EOS_TEXT
 from atwu_fast.report_html import main as report_main
+from atwu_fast.trainer import Unlearner
 from atwu_fast.unlearn import main as unlearn_main
 
 SMALL = ["--train.forget_batch_size", "2", "--train.retain_batch_size", "2", "--benchmark.max_new_tokens", "2"]
 TOFU = ["--benchmark", "tofu", "--split", "forget01", "--benchmark.data_dir", str(TOFU_DIR), *SMALL]
 TOFU_METHODS = ["atwu", "grad_diff"]
+
+
+class Stopped(Exception):
+    """Raised by a patched training step to interrupt a run."""
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +133,60 @@ def test_jsonl_report_respects_report_false_and_regenerates(model_dir, tmp_path)
                        ("NLL span AUROC", "span_auroc_nll"), ("span AUROC", "span_auroc")):
         assert row[title] == f"{res[key]:.3f}", title
     assert page.rows["atwu"] == [0, 1]
+
+
+def test_resume_keeps_finished_methods_and_resumes_unfinished(model_dir, tmp_path, monkeypatch, capsys):
+    """grad_diff finishes, wga is interrupted after 2 of 3 steps; on --resume grad_diff is not
+    trained again (no trainer run, files untouched) and wga continues from its step-2 checkpoint."""
+    out = tmp_path / "run"
+    args = TOFU + ["--model", str(model_dir), "--methods", "grad_diff,wga", "--train.steps", "3",
+                   "--train.checkpoint_every", "1", "--output-dir", str(out)]
+    real_step, real_run = Unlearner.train_step, Unlearner.run
+
+    def interrupted_step(self, step, trainable):
+        if self.method.name == "wga" and step == 2:
+            raise Stopped  # as if the run were killed here
+        return real_step(self, step, trainable)
+
+    monkeypatch.setattr(Unlearner, "train_step", interrupted_step)
+    with pytest.raises(Stopped):
+        unlearn_main(args)
+    assert (out / "grad_diff" / "metrics.json").is_file() and not (out / "wga" / "metrics.json").exists()
+    assert not (out / "results.json").exists()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "grad_diff").rglob("*") if p.is_file()}
+    finished = json.loads((out / "grad_diff" / "metrics.json").read_text())
+
+    trained = []
+
+    def counting_run(self, *a, **kw):
+        trained.append(self.method.name)
+        return real_run(self, *a, **kw)
+
+    monkeypatch.setattr(Unlearner, "train_step", real_step)
+    monkeypatch.setattr(Unlearner, "run", counting_run)
+    capsys.readouterr()
+    assert unlearn_main(args + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert trained == ["wga"]
+    assert "grad_diff: already finished, kept" in printed and "(step 2)" in printed
+    assert {p: p.stat().st_mtime_ns for p in (out / "grad_diff").rglob("*") if p.is_file()} == kept
+    history = json.loads((out / "wga" / "history.json").read_text())
+    assert [h["step"] for h in history["steps"]] == [1, 2, 3]
+    results = json.loads((out / "results.json").read_text())
+    assert results["grad_diff"] == finished and "model_utility" in results["wga"]
+    page = self_contained(out / "report.html")  # the kept method's metrics are in the final report
+    assert headline(page, "grad_diff")["MU"] == f"{finished['model_utility']:.3f}"
+    assert "wga" in page.table_rows
+
+
+def test_resume_with_a_corrupt_metrics_file_is_a_clean_error(model_dir, tmp_path, capsys):
+    (tmp_path / "run" / "grad_diff").mkdir(parents=True)
+    (tmp_path / "run" / "grad_diff" / "metrics.json").write_text("{truncated")
+    with pytest.raises(SystemExit) as exc:
+        unlearn_main(TOFU + ["--model", str(model_dir), "--method", "grad_diff", "--train.steps", "1",
+                             "--output-dir", str(tmp_path / "run"), "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "metrics.json: not valid JSON" in err[0]
 
 
 @NEEDS_CHROMIUM

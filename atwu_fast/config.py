@@ -159,15 +159,19 @@ class EfficiencyConfig:
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = _h(
         "attention kernel: auto = flash_attention_2 when flash-attn is installed, the model is on CUDA "
         "and in bf16/fp16, else sdpa", "auto")
-    parallel: Literal["ddp", "fsdp"] = _h(
-        "data-parallel engine under torchrun / accelerate launch: ddp (weights on every rank) or fsdp "
-        "(FSDP2: weights, gradients and optimizer state sharded per decoder layer)", "ddp")
+    parallel: Literal["auto", "ddp", "fsdp"] = _h(
+        "data-parallel engine under torchrun / accelerate launch: ddp (weights on every rank), fsdp "
+        "(FSDP2: weights, gradients and optimizer state sharded per decoder layer), auto (fsdp when "
+        "accelerate launch was configured for FSDP, else ddp)", "auto")
 
-    def validate(self) -> None:
-        _check(self.parallel == "ddp" or self.lora_rank == 0,
+    def validate(self, engine: str | None = None) -> None:
+        """``engine``: the resolved data-parallel engine (default: ``parallel`` as given)."""
+        fsdp = (engine or self.parallel) == "fsdp"
+        _check(not fsdp or self.lora_rank == 0,
                "efficiency.parallel fsdp does not support LoRA yet; use --efficiency.parallel ddp with LoRA")
-        _check(self.parallel == "ddp" or self.optim == "adamw",
-               "efficiency.parallel fsdp needs --efficiency.optim adamw (bitsandbytes' 8-bit states do not shard)")
+        _check(not fsdp or self.optim == "adamw",
+               "efficiency.parallel fsdp needs --efficiency.optim adamw (bitsandbytes optimizers cannot "
+               "step FSDP's DTensor shards)")
         _check(self.lora_rank >= 0, "efficiency.lora_rank must be >= 0")
         _check(self.lora_alpha > 0, "efficiency.lora_alpha must be > 0")
         _check(0.0 <= self.lora_dropout < 1.0, "efficiency.lora_dropout must be in [0, 1)")

@@ -91,8 +91,14 @@ class ModelStep(nn.Module):
         return fn(self.model)
 
 
-PARALLEL_ENGINES = ("ddp", "fsdp")
-_SHARDED_ROOTS: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+_SHARDED_ROOTS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def parallel_engine(requested: str) -> str:
+    """``auto``: FSDP when ``accelerate launch`` was told to use it (its ACCELERATE_USE_FSDP), else DDP."""
+    if requested != "auto":
+        return requested
+    return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "ddp"
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:

@@ -1,7 +1,8 @@
 """Real-benchmark runs: load a model (directory or hub id), a benchmark (TOFU, RWKU, JSONL), unlearn
 with the shared :class:`~atwu_fast.trainer.Unlearner`, and evaluate with the reference harness's
 metrics and log layout. Used by ``python -m atwu_fast.unlearn --benchmark ...`` and (evaluation
-only) ``python -m atwu_fast.eval``.
+only) ``python -m atwu_fast.eval``. A run writes the same report as the embedded benchmark, and a
+resumed run keeps the methods that had finished.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import yaml
 
+from . import progress
 from .cli import fail
 from .config import BenchmarkConfig, ExperimentConfig
 from .data.formatting import Formatter, ensure_pad_token
@@ -30,6 +31,9 @@ from .eval.scoring import row_tokens
 from .eval.tofu import TofuScorer, evaluate_tofu, rouge_entries, score_entry
 from .io import atomic_write_json, atomic_write_text
 from .loading import build_unlearn_model, save_unlearned
+from .real_scores import forget_token_scores, save_token_scores
+from .report import columns_for, results_table
+from .resume import METRICS_FILE, finished_metrics
 from .trainer import DivergenceError
 
 DEFAULT_NEW_TOKENS = {"tofu": 200, "rwku": 30, "jsonl": 200}
@@ -161,36 +165,28 @@ def metric_value(summary: dict, key: str) -> float | None:
     return None if value is None else sign * float(value)
 
 
-@torch.no_grad()
-def span_alignment_of(method, params, scorer, model, encoded: list[dict], pad_id: int, batch_size: int) -> dict:
-    """AUROC / AP of the method's forget-token weights against the ground-truth target-word tokens."""
-    from .data import collate
-    from .eval.synthetic import span_alignment
-    from .model import answer_tokens, last_hidden, token_nll
-    from .unlearn import method_token_weights
+SAMPLE_LOGS = ("forget_Q_A_ROUGE", "forget_FB", "forget_QA", "forget_AA")  # the first one present is sampled
 
-    device = next(model.parameters()).device
-    weights, kinds = [], []
-    for start in range(0, len(encoded), batch_size):
-        batch = {k: v.to(device) for k, v in collate(encoded[start:start + batch_size], pad_id=pad_id).items()}
-        tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
-        nll = token_nll(model, tokens)
 
-        view = SimpleNamespace(nll=nll, hidden=lambda pos, t=tokens: t.hidden_token if pos == "token" else t.hidden_pred)
-        w = method_token_weights(method, params, scorer, view)
-        if w is None:
-            return {}
-        weights.append(w.float().cpu())
-        kinds.append(batch["span_kind"][tokens.seq, tokens.position].cpu())
-    return span_alignment(torch.cat(weights), torch.cat(kinds))
+def forget_samples(logs: dict, n: int = 5) -> list[dict]:
+    """The first ``n`` forget generations of the evaluation logs (prompt, answer, generation)."""
+    for key in SAMPLE_LOGS:
+        rows = (logs.get(key) or {}).get("value_by_index") or {}
+        if rows:
+            return [{"question": r.get("input", ""), "answer": r.get("ground_truth", ""),
+                     "generation": r.get("generation", "")} for _, r in sorted(rows.items(), key=lambda kv: int(kv[0]))[:n]]
+    return []
 
 
 def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retain_ref, fmt: Formatter,
                     forget_enc: list[dict], retain_enc: list[dict], train_cfg, per_epoch: int,
                     run_dir: Path) -> dict:
-    """Unlearn with one method; evaluate at the end (and every epoch); write logs and the model."""
+    """Unlearn with one method; evaluate at the end (and every epoch); write logs, the model, the
+    report's per-token scores and, last, ``metrics.json`` (which marks the method finished)."""
+    from .eval.synthetic import span_alignment
     from .methods import METHODS
     from .trainer import Unlearner
+    from .unlearn import method_token_weights
 
     bcfg = cfg.benchmark
     log_name = LOG_NAMES[bcfg.name]
@@ -219,6 +215,9 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
 
     unlearner = Unlearner(model, method, params, train_cfg, forget_enc, retain_enc, tokenizer.pad_token_id,
                           reference=reference, log=print, optim=cfg.efficiency.optim)
+    base = forget_token_scores(model, forget_enc, tokenizer.pad_token_id, bcfg.eval_batch_size)
+    metrics_log = progress.MetricsLogger(run_dir / "metrics.jsonl", name,
+                                         run_dir.parent / "tensorboard" / name if cfg.log.tensorboard else None)
 
     def on_eval(step: int) -> None:
         logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
@@ -240,20 +239,27 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
             f"{k} {v:.4g}" for k, v in summary.items() if isinstance(v, (int, float))), flush=True)
 
     start = time.perf_counter()
-    result = unlearner.run(per_epoch if bcfg.eval_every_epoch else 0, on_eval,
-                           checkpoint_dir=run_dir.parent / "checkpoints" / name, resume=cfg.resume)
+    try:
+        result = unlearner.run(per_epoch if bcfg.eval_every_epoch else 0, on_eval, metrics_log.log,
+                               checkpoint_dir=run_dir.parent / "checkpoints" / name, resume=cfg.resume)
+    finally:
+        metrics_log.close()
     seconds = time.perf_counter() - start
     logs = state["last"]
-    if any(r.get("target_words") for r in data.forget):
-        spans = span_alignment_of(method, unlearner.params, unlearner.scorer, model, forget_enc,
-                                  tokenizer.pad_token_id, bcfg.eval_batch_size)
-        for key, value in spans.items():
+    final = forget_token_scores(model, forget_enc, tokenizer.pad_token_id, bcfg.eval_batch_size,
+                                lambda view: method_token_weights(method, unlearner.params, unlearner.scorer, view))
+    if any(r.get("target_words") for r in data.forget) and final.weights is not None:
+        for key, value in span_alignment(final.weights, final.span_kind).items():
             logs[key] = entry(value)
     save_logs(run_dir, logs, log_name)
     save_unlearned(model, lora, run_dir / "model", cfg.efficiency.save_merged)
     tokenizer.save_pretrained(run_dir / "model")
     atomic_write_json(run_dir / "history.json", {"steps": result.history, "evals": state["history"]})
-    return {**summarize(logs), "train_seconds": seconds}
+    atomic_write_json(run_dir / "samples.json", forget_samples(logs))
+    save_token_scores(run_dir, method, tokenizer, data.forget, forget_enc, final, base)
+    metrics = {**summarize(logs), "train_seconds": seconds}
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    return metrics
 
 
 def run_real(cfg: ExperimentConfig) -> int:
@@ -287,6 +293,14 @@ def run_real(cfg: ExperimentConfig) -> int:
     results = {}
     for name in cfg.method_list():
         try:
+            done = finished_metrics(out_dir / name) if cfg.resume else None
+        except ValueError as exc:
+            fail(str(exc))
+        if done is not None:
+            results[name] = done
+            print(f"{name}: already finished, kept", flush=True)
+            continue
+        try:
             results[name] = run_method_real(name, cfg, data, retain_ref, fmt, forget_enc, retain_enc, train_cfg,
                                             per_epoch, out_dir / name)
         except DivergenceError as exc:
@@ -296,8 +310,13 @@ def run_real(cfg: ExperimentConfig) -> int:
         shutil.rmtree(out_dir / "checkpoints" / name, ignore_errors=True)
     atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    atomic_write_text(out_dir / "results.md", results_table(results, columns_for(bcfg.name, results)) + "\n")
     for name, res in results.items():
         print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items() if isinstance(v, (int, float))))
+    if cfg.log.report:
+        from .report_html import write_outputs
+
+        print(f"report: {write_outputs(out_dir)['report'].resolve().as_uri()}")
     print(f"results written to {out_dir}")
     return 0
 

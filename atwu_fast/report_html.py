@@ -1,10 +1,12 @@
 """The run report: one self-contained static HTML file (``report.html``) in the output directory.
 
-It holds the metric table, the forget-quality/model-utility plot (embedded PNG, also linked),
-training curves as inline SVG, and every forget answer with each token shaded by the score the
-method gave it (ATWU: the learned score g; WGA/SatImp: their token weights; other methods: the
-per-token NLL increase over the target model), ground-truth fact spans outlined. No scripts,
-no external CSS, fonts or images: it opens from disk with no network.
+It holds the metric table (the run's benchmark's headline columns, from ``config.yaml``; real
+benchmarks also list every metric), the forget-quality/model-utility plot when the results have
+both (embedded PNG, also linked), training and evaluation curves as inline SVG, and every forget
+answer with each token shaded by the score the method gave it (ATWU: the learned score g;
+WGA/SatImp: their token weights; other methods: the per-token NLL increase over the starting
+model), ground-truth spans outlined. No scripts, no external CSS, fonts or images: it opens from
+disk with no network. It serves the embedded benchmark and real runs (TOFU, RWKU, JSONL) alike.
 
 Regenerate a report from a finished run with ``python -m atwu_fast.report_html RUN_DIR``.
 """
@@ -19,12 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from .report import COLUMNS
+from .report import Column, cell, columns_for
 
 REPORT_NAME = "report.html"
 PLOT_NAME = "comparison.png"
 TOKEN_SCORES = "token_scores.json"
-KIND_NAMES = {2: "author-unique fact", 1: "pooled fact", 0: "other"}
+KIND_NAMES = {2: "author-unique fact", 1: "pooled fact", 0: "other"}  # the embedded benchmark's span kinds
+TARGET_KINDS = {2: "target word", 0: "other"}  # real benchmarks: target words from the data or a spans file
 EOS_TEXT = "\u23ce"  # shown for the end-of-sequence token
 
 
@@ -46,7 +49,8 @@ def score_name(method) -> tuple[str, bool]:
 
 def token_score_rows(tokenizer, forget_rows: list[dict], encoded_forget: list[dict], seq, nll, span_kind,
                      scores=None, base_nll=None) -> list[dict]:
-    """Per forget row: decoded answer tokens with their score, NLL, NLL change and span kind.
+    """Per forget row: decoded answer tokens with their score, NLL, NLL change and span kind (a text
+    row, with no question, shows its text as the answer).
 
     ``seq``, ``nll``, ``span_kind``, ``scores``, ``base_nll`` are the flat per-token tensors of
     :func:`atwu_fast.eval.synthetic.forget_tokens` (row-major over the encoded forget rows).
@@ -68,8 +72,8 @@ def token_score_rows(tokenizer, forget_rows: list[dict], encoded_forget: list[di
         texts = [EOS_TEXT if t == tokenizer.eos_token_id else tokenizer.decode([t]) for t in ids]
         out.append({
             "row": r,
-            "question": row["question"],
-            "answer": row["answer"],
+            "question": row.get("question", ""),
+            "answer": row["answer"] if "answer" in row else row.get("text", ""),
             "tokens": texts,
             "span_kind": [int(kinds[i]) for i in idx],
             "nll": [_num(nll[i]) for i in idx],
@@ -83,11 +87,21 @@ def _num(x: float) -> float | None:
     return round(float(x), 6) if x is not None and math.isfinite(x) else None
 
 
-def token_scores_doc(method, rows: list[dict]) -> dict:
-    """The ``<method>/token_scores.json`` document: which score is shown and the per-row tokens."""
+def token_scores_doc(method, rows: list[dict], kind_names: dict[int, str] | None = None) -> dict:
+    """The ``<method>/token_scores.json`` document: which score is shown, the span kinds' names
+    (default :data:`KIND_NAMES`) and the per-row tokens."""
     name, signed = score_name(method)
     key = "scores" if method.needs_scorer or method.token_weights is not None else "nll_delta"
-    return {"method": method.name, "score_name": name, "score_key": key, "signed": signed, "rows": rows}
+    doc = {"method": method.name, "score_name": name, "score_key": key, "signed": signed, "rows": rows}
+    if kind_names is not None:
+        doc["kind_names"] = {str(k): v for k, v in kind_names.items()}
+    return doc
+
+
+def kind_names_of(doc: dict) -> dict[int, str]:
+    """The span-kind names a token_scores document uses."""
+    names = doc.get("kind_names")
+    return {int(k): v for k, v in names.items()} if names else KIND_NAMES
 
 
 # --------------------------------------------------------------------------- inline SVG charts
@@ -155,9 +169,15 @@ def svg_chart(title: str, series: list[tuple[str, list, list]], ylim: Optional[t
     return "".join(parts)
 
 
-def training_curves(history: dict) -> str:
+EVAL_CHARTS = 4  # at most this many headline metrics are charted over a real run's evaluations
+
+
+def training_curves(history: dict, columns: list[Column] = ()) -> str:
+    """Loss, NLLs, ATWU's scores and span AUROC over steps; a real run's headline metrics
+    (``columns``) over its evaluations (``history["evals"]``)."""
     steps = history.get("steps") or []
     checkpoints = history.get("span_checkpoints") or []
+    evals = history.get("evals") or []
     xs = [s.get("step") for s in steps]
 
     def col(key: str) -> list:
@@ -173,6 +193,10 @@ def training_curves(history: dict) -> str:
         charts.append(svg_chart("span AUROC", [("unique", cx, [c.get("span_auroc") for c in checkpoints]),
                                                ("all facts", cx, [c.get("span_auroc_all") for c in checkpoints])],
                                 ylim=(0.0, 1.0)))
+    ex = [e.get("step") for e in evals]
+    charted = [c for c in columns if any(e.get(c[0]) is not None for e in evals)][:EVAL_CHARTS]
+    charts.extend(svg_chart(f"{title} (evaluations)", [(title, ex, [e.get(key) for e in evals])])
+                  for key, title, _ in charted)
     return '<div class="curves">' + "".join(charts) + "</div>"
 
 
@@ -191,6 +215,9 @@ def _shade(value: Optional[float], scale: float, signed: bool) -> str:
 
 def token_heatmap(doc: dict, method: str) -> str:
     key, signed = doc.get("score_key", "scores"), bool(doc.get("signed"))
+    kind_names = kind_names_of(doc)
+    legend = " ".join(f'<span class="fact k{k}">{esc(n)}</span>' for k, n in sorted(kind_names.items(), reverse=True)
+                      if k >= 1)
     rows = doc.get("rows") or []
     values = [v for r in rows for v in (r.get(key) or []) if v is not None]
     if not signed and values and min(values) >= 0 and max(values) <= 1:
@@ -200,8 +227,7 @@ def token_heatmap(doc: dict, method: str) -> str:
     out = [f'<p class="note">Shading: {esc(doc.get("score_name", key))}'
            + (f" (full colour = {esc(_fmt(scale))}; blue = decrease)" if signed else
               f" (full colour = {esc(_fmt(scale))})")
-           + '. Outlined (ground truth): <span class="fact k2">author-unique fact</span> '
-             '<span class="fact k1">pooled fact</span>. Hover a token for its values.</p>',
+           + f". Outlined (ground truth): {legend}. Hover a token for its values.</p>",
            f'<div class="forget" data-method="{esc(method)}">']
     for r in rows:
         scores = r.get(key) or [None] * len(r["tokens"])
@@ -218,15 +244,16 @@ def token_heatmap(doc: dict, method: str) -> str:
             tip = [f"{text!r}", f"{doc.get('score_name', key)}: {_fmt(s) if s is not None else 'n/a'}"]
             if i < len(nll) and nll[i] is not None:
                 tip.append(f"NLL {nll[i]:.3f}" + (f" (change {delta[i]:+.3f})" if i < len(delta) and delta[i] is not None else ""))
-            tip.append(KIND_NAMES.get(kind, str(kind)))
+            tip.append(kind_names.get(kind, str(kind)))
             score_attr = "" if s is None else f"{s:.6g}"
             spans.append(f'<span class="tok k{int(kind)}" data-score="{esc(score_attr)}" data-kind="{int(kind)}" '
                          f'style="background:{_shade(s, scale, signed)}" title="{esc(" | ".join(tip))}">'
                          f"{esc(text)}</span>")
         if run:
             spans.append("</span>")
-        out.append(f'<div class="qa" data-row="{int(r["row"])}"><div class="q">Q{int(r["row"]) + 1}: '
-                   f'{esc(r["question"])}</div><div class="a">{"".join(spans)}</div></div>')
+        label = f'Q{int(r["row"]) + 1}: {esc(r["question"])}' if r.get("question") else f'row {int(r["row"]) + 1}'
+        out.append(f'<div class="qa" data-row="{int(r["row"])}"><div class="q">{label}</div>'
+                   f'<div class="a">{"".join(spans)}</div></div>')
     out.append("</div>")
     return "".join(out)
 
@@ -234,25 +261,31 @@ def token_heatmap(doc: dict, method: str) -> str:
 # --------------------------------------------------------------------------- tables
 
 
-def _cell(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
-
-
-def metrics_table(rows: dict[str, dict], methods: set[str]) -> str:
-    head = "".join(f"<th>{esc(title)}</th>" for _, title, _ in COLUMNS)
+def metrics_table(rows: dict[str, dict], methods: set[str], columns: list[Column]) -> str:
+    """One row per model/method, ``columns`` as columns; methods link to their sections."""
+    head = "".join(f"<th>{esc(title)}</th>" for _, title, _ in columns)
     body = []
     for name, metrics in rows.items():
         cls = "method" if name in methods else "refrow"
         label = f'<a href="#m-{esc(name)}">{esc(name)}</a>' if name in methods else esc(name)
-        cells = "".join(f'<td data-key="{esc(k)}">{esc(_cell(metrics.get(k), fmt))}</td>' for k, _, fmt in COLUMNS)
+        cells = "".join(f'<td data-key="{esc(k)}">{esc(cell(metrics.get(k), fmt))}</td>' for k, _, fmt in columns)
         body.append(f'<tr class="{cls}"><th scope="row">{label}</th>{cells}</tr>')
     return (f'<table class="metrics" id="metrics"><thead><tr><th>model</th>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
+
+
+def all_metrics_table(rows: dict[str, dict]) -> str:
+    """Every numeric metric (one row each) by method (columns), collapsed."""
+    keys = sorted({k for m in rows.values() for k, v in m.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if not keys:
+        return ""
+    head = "".join(f"<th>{esc(n)}</th>" for n in rows)
+    body = "".join(f'<tr><th scope="row">{esc(k)}</th>'
+                   + "".join(f'<td data-method="{esc(n)}">{esc(cell(m.get(k), "{:.4g}"))}</td>' for n, m in rows.items())
+                   + "</tr>" for k in keys)
+    return (f'<details><summary>All metrics ({len(keys)})</summary><table class="metrics" id="all-metrics">'
+            f"<thead><tr><th>metric</th>{head}</tr></thead><tbody>{body}</tbody></table></details>")
 
 
 def rankers_table(rankers: dict[str, dict]) -> str:
@@ -262,7 +295,7 @@ def rankers_table(rankers: dict[str, dict]) -> str:
             ("span_ap_all", "AP all facts")]
     head = "".join(f"<th>{t}</th>" for _, t in keys)
     body = "".join(f'<tr><th scope="row">{esc(n)}</th>'
-                   + "".join(f"<td>{esc(_cell(r.get(k), '{:.3f}'))}</td>" for k, _ in keys) + "</tr>"
+                   + "".join(f"<td>{esc(cell(r.get(k), '{:.3f}'))}</td>" for k, _ in keys) + "</tr>"
                    for n, r in rankers.items())
     return (f'<h3>Heuristic token rankers on the target model</h3><table class="metrics"><thead><tr><th>ranker</th>'
             f"{head}</tr></thead><tbody>{body}</tbody></table>")
@@ -307,6 +340,16 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def run_benchmark(out_dir: Path) -> str:
+    """The benchmark a run directory holds (``benchmark.name`` in its config.yaml; else the embedded one)."""
+    import yaml
+
+    cfg = out_dir / "config.yaml"
+    loaded = yaml.safe_load(cfg.read_text()) if cfg.is_file() else None
+    bench = loaded.get("benchmark") if isinstance(loaded, dict) else None
+    return (bench.get("name") if isinstance(bench, dict) else None) or "synthetic"
+
+
 def build_report(out_dir: str | Path) -> str:
     """The report HTML of a finished run directory (results.json and per-method outputs)."""
     out_dir = Path(out_dir)
@@ -314,14 +357,17 @@ def build_report(out_dir: str | Path) -> str:
     reference = _read_json(out_dir / "reference.json") or {}
     models = reference.get("models", {})
     methods = list(results)
+    benchmark = run_benchmark(out_dir)
+    columns = columns_for(benchmark, {**models, **results})
     parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>atwu-fast run report: {esc(out_dir.name)}</title>",
              f"<style>{CSS}</style></head><body>",
-             f'<h1>atwu-fast run report <small>{esc(out_dir.name)}</small></h1>',
+             f'<h1>atwu-fast run report <small>{esc(out_dir.name)} ({esc(benchmark)})</small></h1>',
              '<nav><a href="#metrics">metrics</a> &middot; <a href="#tradeoff">trade-off plot</a>'
              + "".join(f' &middot; <a href="#m-{esc(m)}">{esc(m)}</a>' for m in methods) + "</nav>",
-             "<h2>Metrics</h2>", metrics_table({**models, **results}, set(methods)),
+             "<h2>Metrics</h2>", metrics_table({**models, **results}, set(methods), columns),
+             "" if benchmark == "synthetic" else all_metrics_table(results),
              rankers_table(reference.get("rankers", {}))]
     parts.append('<h2 id="tradeoff">Forget quality vs model utility</h2>')
     plot = out_dir / PLOT_NAME
@@ -330,13 +376,13 @@ def build_report(out_dir: str | Path) -> str:
         parts.append(f'<p><a href="{PLOT_NAME}">{PLOT_NAME}</a></p>'
                      f'<img class="plot" alt="forget quality vs model utility" src="data:image/png;base64,{data}">')
     else:
-        parts.append("<p>(no comparison plot in this run)</p>")
+        parts.append("<p>(no comparison plot in this run: no method has both forget quality and model utility)</p>")
     for i, name in enumerate(methods):
         mdir = out_dir / name
         history = _read_json(mdir / "history.json") or {}
         doc = _read_json(mdir / TOKEN_SCORES)
         parts.append(f'<section class="method" id="m-{esc(name)}" data-method="{esc(name)}"><h2>{esc(name)}</h2>')
-        parts.append("<h3>Training curves</h3>" + training_curves(history))
+        parts.append("<h3>Training curves</h3>" + training_curves(history, columns))
         parts.append(samples_table(_read_json(mdir / "samples.json") or []))
         if doc:
             n = len(doc.get("rows") or [])
@@ -362,14 +408,15 @@ def write_report(out_dir: str | Path) -> Path:
 
 
 def write_outputs(out_dir: str | Path, plot: bool = True) -> dict[str, Path]:
-    """comparison.png (when there are results) and report.html of a finished run directory."""
+    """comparison.png (when some method has forget quality and model utility) and report.html of
+    a finished run directory."""
+    from .plots import comparison_plot, tradeoff_points
+
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     results = _read_json(out_dir / "results.json") or {}
-    if plot and results:
-        from .plots import comparison_plot
-
-        reference = (_read_json(out_dir / "reference.json") or {}).get("models", {})
+    reference = (_read_json(out_dir / "reference.json") or {}).get("models", {})
+    if plot and tradeoff_points(results):
         written["plot"] = comparison_plot(results, out_dir / PLOT_NAME, reference)
     written["report"] = write_report(out_dir)
     return written
@@ -385,7 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (run / "results.json").is_file():
         print(f"error: {run} has no results.json (not a finished run directory)", file=sys.stderr)
         return 2
-    written = write_outputs(run)
+    try:
+        written = write_outputs(run)
+    except ValueError as exc:  # e.g. an unknown benchmark in config.yaml
+        print(f"error: {run}: {exc}", file=sys.stderr)
+        return 2
     print(f"report written to {written['report']}")
     return 0
 

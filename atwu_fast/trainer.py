@@ -22,8 +22,18 @@ from atwu_kernels import atwu_head
 from .checkpoint import checkpoint_weights, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import collate
-from .distributed import (SINGLE, DistContext, ModelStep, full_optimizer_state, full_state_dict,
-                          load_full_optimizer_state, load_full_state_dict, run_on, sharded_root, wrap)
+from .distributed import (
+    SINGLE,
+    DistContext,
+    ModelStep,
+    full_optimizer_state,
+    full_state_dict,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    run_on,
+    sharded_root,
+    wrap,
+)
 from .finetune import warmup_lambda
 from .methods import Method, TokenQuantities, variant_params
 from .model import answer_tokens, last_hidden, lm_head, token_nll

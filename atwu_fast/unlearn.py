@@ -21,7 +21,17 @@ import yaml
 from . import progress
 from .cli import fail, parse_config
 from .config import ExperimentConfig
-from .distributed import SINGLE, DistContext, collective_eval, full_state_dict, init_from_env, sharded_root, shutdown
+from .configtools import ConfigError
+from .distributed import (
+    SINGLE,
+    DistContext,
+    collective_eval,
+    full_state_dict,
+    init_from_env,
+    parallel_engine,
+    sharded_root,
+    shutdown,
+)
 from .embedded import Benchmark, prepare
 from .eval.synthetic import evaluate_model, evaluation_splits, forget_tokens, span_alignment
 from .io import atomic_dir, atomic_write_json, atomic_write_text
@@ -29,6 +39,7 @@ from .loading import build_unlearn_model, save_unlearned
 from .methods import METHODS, Method
 from .report import results_table
 from .report_html import token_score_rows, token_scores_doc, write_outputs
+from .resume import METRICS_FILE, finished_metrics
 from .trainer import DivergenceError, Unlearner
 
 SHORTCUTS = {"--method": "method", "--methods": "methods", "--output-dir": "output_dir", "--seed": "train.seed"}
@@ -116,7 +127,7 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
                       str(d / "scorer.safetensors"))
         atomic_write_json(d / "history.json", {"steps": result.history, "span_checkpoints": checkpoints})
         atomic_write_json(d / "samples.json", evaluation.samples)
-        atomic_write_json(d / "metrics.json", metrics)
+        atomic_write_json(d / METRICS_FILE, metrics)
         if live.is_file():
             shutil.copyfile(live, d / "metrics.jsonl")
         tokens = last.get("tokens")
@@ -160,6 +171,16 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+def resolve_engine(cfg: ExperimentConfig) -> str:
+    """The data-parallel engine this run uses (``auto`` resolved), checked against the other options."""
+    engine = parallel_engine(cfg.efficiency.parallel)
+    try:
+        cfg.efficiency.validate(engine)
+    except ConfigError as exc:
+        fail(str(exc))
+    return engine
+
+
 def default_output_dir(cfg: ExperimentConfig) -> Path:
     label = "all" if cfg.methods == ["all"] else "+".join(cfg.method_list())
     return Path("runs") / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -183,10 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_from_env()
     if ctx.enabled and not cfg.output_dir:
         fail("a distributed run needs an explicit --output-dir (the same on every rank)")
+    cfg.efficiency.parallel = resolve_engine(cfg)
     quiet_libraries()
     progress.configure(cfg.log.progress if ctx.is_main else "off")
     methods = cfg.method_list()
-    finished = {name for name in methods if cfg.resume and (out_dir / name / "metrics.json").is_file()}
+    try:  # decided before any rank can write, so every rank skips the same methods
+        finished = {name: finished_metrics(out_dir / name) for name in methods} if cfg.resume else {}
+    except ValueError as exc:
+        fail(str(exc))
+    finished = {name: metrics for name, metrics in finished.items() if metrics is not None}
 
     def log(message: str) -> None:
         if ctx.is_main:
@@ -211,9 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                 atomic_write_json(out_dir / "reference.json", reference)
         retain_r = np.asarray(reference["retain_forget_truth_ratios"])
         for name in methods:
-            done = out_dir / name / "metrics.json"
             if name in finished:
-                results[name] = json.loads(done.read_text())
+                results[name] = finished[name]
                 log(f"{name}: already finished, kept")
                 continue
             log(f"unlearning with {name} ({cfg.train.steps} steps, lr {cfg.train.lr:g}) ...")

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 from safetensors.torch import load_file
+from test_cli import TINY
 
 from atwu_fast.unlearn import main
-from test_cli import TINY
 
 METHODS = "atwu,npo"
 

@@ -128,13 +128,20 @@ def page(run):
     return parse((out / "report.html").read_text())
 
 
-def test_report_is_valid_self_contained_markup(run, page):
-    out, _, _ = run
-    text = (out / "report.html").read_text()
+def self_contained(report) -> Page:
+    """``report`` parsed, after checking it is well-formed static HTML that loads nothing external."""
+    text = report.read_text()
     assert text.startswith("<!DOCTYPE html>")
+    page = parse(text)
     assert page.errors == [] and page.stack == []
     assert page.scripts == 0 and page.external == []  # nothing fetched, nothing executed
     assert len(page.ids) == len(set(page.ids))
+    return page
+
+
+def test_report_is_valid_self_contained_markup(run):
+    out, _, _ = run
+    page = self_contained(out / "report.html")
     assert {"metrics", "tradeoff", *(f"m-{m}" for m in METHODS)} <= set(page.ids)
 
 
@@ -243,24 +250,21 @@ def test_regenerate_report_command(run, tmp_path, capsys):
 
 
 CHROMIUM = shutil.which("chromium")
+NEEDS_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_report_renders_in_headless_chromium(run, tmp_path):
-    out, forget, _ = run
+def render_in_chromium(report, tmp_path) -> Page:
+    """``report`` loaded by headless chromium: its rendered DOM parsed (no errors, no failed loads),
+    and a non-trivial screenshot taken."""
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}"]
-    url = (out / "report.html").resolve().as_uri()
+    url = report.resolve().as_uri()
     proc = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    dom = proc.stdout
-    page = parse(dom)
+    page = parse(proc.stdout)
+    page.dom = proc.stdout
     assert page.errors == []
-    assert {"metrics", "tradeoff", *(f"m-{m}" for m in METHODS)} <= set(page.ids)
-    for method in METHODS:
-        assert page.rows[method] == list(range(len(forget)))
-    assert dom.count("<svg") >= 9 and "data:image/png;base64," in dom
     for bad in ("Uncaught", "net::ERR_", "Failed to load resource", "Not allowed to load"):
         assert bad not in proc.stderr, proc.stderr[-2000:]
     shot = tmp_path / "shot.png"
@@ -269,3 +273,14 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    return page
+
+
+@NEEDS_CHROMIUM
+def test_report_renders_in_headless_chromium(run, tmp_path):
+    out, forget, _ = run
+    page = render_in_chromium(out / "report.html", tmp_path)
+    assert {"metrics", "tradeoff", *(f"m-{m}" for m in METHODS)} <= set(page.ids)
+    for method in METHODS:
+        assert page.rows[method] == list(range(len(forget)))
+    assert page.dom.count("<svg") >= 9 and "data:image/png;base64," in page.dom

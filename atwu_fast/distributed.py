@@ -74,6 +74,8 @@ def init_from_env() -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
+    if torch.cuda.is_available():  # each rank on its own GPU (before NCCL binds one)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return DistContext(rank=dist.get_rank(), world=dist.get_world_size())

@@ -24,6 +24,7 @@ from .cli import fail
 from .config import BenchmarkConfig, ExperimentConfig
 from .data.formatting import Formatter, ensure_pad_token
 from .data.registry import BenchmarkData, DataError, load_benchmark
+from .distributed import SINGLE, DistContext, collective_eval, full_state_dict, init_from_env, sharded_root, shutdown
 from .eval import metrics
 from .eval.logs import RetainReference, by_index, entry, save_logs, summarize
 from .eval.rwku import evaluate_rwku
@@ -41,8 +42,9 @@ LOG_NAMES = {"tofu": "TOFU", "rwku": "RWKU", "jsonl": "JSONL"}
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: this process's CUDA device (a distributed rank's own GPU), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(name)
 
 
@@ -180,9 +182,11 @@ def forget_samples(logs: dict, n: int = 5) -> list[dict]:
 
 def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retain_ref, fmt: Formatter,
                     forget_enc: list[dict], retain_enc: list[dict], train_cfg, per_epoch: int,
-                    run_dir: Path) -> dict:
+                    run_dir: Path, ctx: DistContext = SINGLE) -> dict:
     """Unlearn with one method; evaluate at the end (and every epoch); write logs, the model, the
-    report's per-token scores and, last, ``metrics.json`` (which marks the method finished)."""
+    report's per-token scores and, last, ``metrics.json`` (which marks the method finished).
+    Distributed: every rank trains its shards and evaluates its share of the rows (inside
+    :func:`~atwu_fast.distributed.collective_eval`); rank 0 writes."""
     from .eval.synthetic import span_alignment
     from .methods import METHODS
     from .trainer import Unlearner
@@ -210,32 +214,43 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
         raw = json.loads(best_file.read_text()).get(bcfg.keep_best_by)
         if raw is not None:
             state["best"] = metric_value({bcfg.keep_best_by.lstrip("-"): raw}, bcfg.keep_best_by)
+    say = print if ctx.is_main else (lambda *a, **k: None)
     if bcfg.eval_before:
-        save_logs(run_dir / "epoch_0", evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref), log_name)
+        logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
+        if ctx.is_main:
+            save_logs(run_dir / "epoch_0", logs, log_name)
 
     unlearner = Unlearner(model, method, params, train_cfg, forget_enc, retain_enc, tokenizer.pad_token_id,
-                          reference=reference, log=print, optim=cfg.efficiency.optim)
+                          reference=reference, log=say, optim=cfg.efficiency.optim, dist=ctx,
+                          parallel=cfg.efficiency.parallel)
     base = forget_token_scores(model, forget_enc, tokenizer.pad_token_id, bcfg.eval_batch_size)
-    metrics_log = progress.MetricsLogger(run_dir / "metrics.jsonl", name,
-                                         run_dir.parent / "tensorboard" / name if cfg.log.tensorboard else None)
+    metrics_log = progress.MetricsLogger(run_dir / "metrics.jsonl" if ctx.is_main else None, name,
+                                         run_dir.parent / "tensorboard" / name
+                                         if cfg.log.tensorboard and ctx.is_main else None)
+
+    def save_model(directory: Path) -> None:
+        weights = full_state_dict(model) if sharded_root(model) is not None else None  # every rank gathers
+        if ctx.is_main:
+            save_unlearned(model, lora, directory, cfg.efficiency.save_merged, state_dict=weights)
+            tokenizer.save_pretrained(directory)
 
     def on_eval(step: int) -> None:
         logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
         summary = summarize(logs)
         epoch = math.ceil(step / per_epoch)
         state["history"].append({"step": step, "epoch": epoch, **summary})
-        if bcfg.eval_every_epoch:
+        if bcfg.eval_every_epoch and ctx.is_main:
             save_logs(run_dir / f"epoch_{epoch}", logs, log_name)
         state["last"] = logs
-        if bcfg.keep_best_by:
+        if bcfg.keep_best_by:  # the gathered summary is the same on every rank
             value = metric_value(summary, bcfg.keep_best_by)
             if value is not None and (state["best"] is None or value > state["best"]):
                 state["best"] = value
-                save_unlearned(model, lora, run_dir / "best", cfg.efficiency.save_merged)
-                tokenizer.save_pretrained(run_dir / "best")
-                atomic_write_json(run_dir / "best" / "best.json", {"step": step, "epoch": epoch,
-                                                                    bcfg.keep_best_by: summary.get(bcfg.keep_best_by.lstrip("-"))})
-        print(f"  step {step} (epoch {epoch}): " + ", ".join(
+                save_model(run_dir / "best")
+                if ctx.is_main:
+                    atomic_write_json(run_dir / "best" / "best.json", {
+                        "step": step, "epoch": epoch, bcfg.keep_best_by: summary.get(bcfg.keep_best_by.lstrip("-"))})
+        say(f"  step {step} (epoch {epoch}): " + ", ".join(
             f"{k} {v:.4g}" for k, v in summary.items() if isinstance(v, (int, float))), flush=True)
 
     start = time.perf_counter()
@@ -251,20 +266,23 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
     if any(r.get("target_words") for r in data.forget) and final.weights is not None:
         for key, value in span_alignment(final.weights, final.span_kind).items():
             logs[key] = entry(value)
+    save_model(run_dir / "model")
+    metrics = {**summarize(logs), "train_seconds": seconds}
+    if not ctx.is_main:
+        return metrics
     save_logs(run_dir, logs, log_name)
-    save_unlearned(model, lora, run_dir / "model", cfg.efficiency.save_merged)
-    tokenizer.save_pretrained(run_dir / "model")
     atomic_write_json(run_dir / "history.json", {"steps": result.history, "evals": state["history"]})
     atomic_write_json(run_dir / "samples.json", forget_samples(logs))
     save_token_scores(run_dir, method, tokenizer, data.forget, forget_enc, final, base)
-    metrics = {**summarize(logs), "train_seconds": seconds}
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     return metrics
 
 
 def run_real(cfg: ExperimentConfig) -> int:
-    """``unlearn --benchmark tofu|rwku|jsonl``: unlearn a real model and evaluate it."""
-    from .unlearn import quiet_libraries
+    """``unlearn --benchmark tofu|rwku|jsonl``: unlearn a real model and evaluate it (one process, or
+    every rank of ``torchrun`` / ``accelerate launch``: data-parallel training, collective evaluation,
+    rank 0 writes)."""
+    from .unlearn import quiet_libraries, resolve_engine
 
     bcfg = cfg.benchmark
     out_dir = Path(cfg.output_dir or f"runs/{bcfg.name}-{'+'.join(cfg.method_list())}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -274,7 +292,13 @@ def run_real(cfg: ExperimentConfig) -> int:
         fail("--benchmark.keep_best_by needs --benchmark.eval_every_epoch true")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    ctx = init_from_env()
+    if ctx.enabled and not cfg.output_dir:
+        fail("a distributed run needs an explicit --output-dir (the same on every rank)")
+    cfg.efficiency.parallel = resolve_engine(cfg)
+    say = print if ctx.is_main else (lambda *a, **k: None)
     quiet_libraries()
+    progress.configure(cfg.log.progress if ctx.is_main else "off")
     try:
         data = load_benchmark(bcfg)
         retain_ref = retain_reference(bcfg)
@@ -285,29 +309,34 @@ def run_real(cfg: ExperimentConfig) -> int:
         fail(str(exc))
     if not retain_enc:
         fail(f"{bcfg.name}: no retain rows (RWKU uses the next K targets' texts; lower --targets)")
-    print(f"{bcfg.name}: forget {len(forget_enc)} rows, retain {len(retain_enc)} rows; model {bcfg.model}", flush=True)
+    say(f"{bcfg.name}: forget {len(forget_enc)} rows, retain {len(retain_enc)} rows; model {bcfg.model}", flush=True)
     train_cfg = cfg.train
     per_epoch = math.ceil(len(forget_enc) / (train_cfg.forget_batch_size * train_cfg.grad_accum))
     if bcfg.epochs:
         train_cfg = dataclasses.replace(train_cfg, steps=bcfg.epochs * per_epoch)
+    try:  # decided before any rank can write, so every rank skips the same methods
+        finished = {name: finished_metrics(out_dir / name) for name in cfg.method_list()} if cfg.resume else {}
+    except ValueError as exc:
+        fail(str(exc))
     results = {}
-    for name in cfg.method_list():
-        try:
-            done = finished_metrics(out_dir / name) if cfg.resume else None
-        except ValueError as exc:
-            fail(str(exc))
-        if done is not None:
-            results[name] = done
-            print(f"{name}: already finished, kept", flush=True)
-            continue
-        try:
-            results[name] = run_method_real(name, cfg, data, retain_ref, fmt, forget_enc, retain_enc, train_cfg,
-                                            per_epoch, out_dir / name)
-        except DivergenceError as exc:
-            print(f"error: {name} diverged: {exc}; the last good checkpoint is in {out_dir / 'checkpoints' / name}",
-                  file=sys.stderr)
-            return 3
-        shutil.rmtree(out_dir / "checkpoints" / name, ignore_errors=True)
+    with collective_eval(ctx):
+        for name in cfg.method_list():
+            if finished.get(name) is not None:
+                results[name] = finished[name]
+                say(f"{name}: already finished, kept", flush=True)
+                continue
+            try:
+                results[name] = run_method_real(name, cfg, data, retain_ref, fmt, forget_enc, retain_enc, train_cfg,
+                                                per_epoch, out_dir / name, ctx)
+            except DivergenceError as exc:
+                say(f"error: {name} diverged: {exc}; the last good checkpoint is in {out_dir / 'checkpoints' / name}",
+                    file=sys.stderr)
+                return 3  # every rank sees the same global loss
+            if ctx.is_main:
+                shutil.rmtree(out_dir / "checkpoints" / name, ignore_errors=True)
+    if not ctx.is_main:
+        shutdown(ctx)
+        return 0
     atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     atomic_write_text(out_dir / "results.md", results_table(results, columns_for(bcfg.name, results)) + "\n")
@@ -318,5 +347,5 @@ def run_real(cfg: ExperimentConfig) -> int:
 
         print(f"report: {write_outputs(out_dir)['report'].resolve().as_uri()}")
     print(f"results written to {out_dir}")
+    shutdown(ctx)
     return 0
-

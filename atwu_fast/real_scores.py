@@ -20,25 +20,32 @@ def forget_token_scores(model, encoded: list[dict], pad_id: int, batch_size: int
     ``weights`` = ``weigh(view)`` per batch (None without ``weigh`` or when it returns None); ``view``
     has ``nll`` and ``hidden(position)`` like :class:`~atwu_fast.eval.synthetic.ForgetTokens`."""
     from .data import collate
+    from .distributed import map_batches
     from .model import answer_tokens, last_hidden, token_nll
 
-    device = next(model.parameters()).device
-    seq, nll, kinds = [], [], []
-    weights: list | None = [] if weigh is not None else None  # None once weigh gives None
-    for start in range(0, len(encoded), batch_size):
-        batch = {k: v.to(device) for k, v in collate(encoded[start:start + batch_size], pad_id=pad_id).items()}
-        tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
-        batch_nll = token_nll(model, tokens)
-        if weights is not None:
+    def batch_scores(m, part: list[dict]) -> list[tuple]:
+        device = next(m.parameters()).device
+        batch = {k: v.to(device) for k, v in collate(part, pad_id=pad_id).items()}
+        tokens = answer_tokens(last_hidden(m, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        batch_nll = token_nll(m, tokens)
+        w = None
+        if weigh is not None:
             view = SimpleNamespace(nll=batch_nll,
                                    hidden=lambda pos, t=tokens: t.hidden_token if pos == "token" else t.hidden_pred)
             w = weigh(view)
-            weights = None if w is None else [*weights, w.float().cpu()]
-        seq.append(tokens.seq.cpu() + start)
-        nll.append(batch_nll.float().cpu())
-        kinds.append(batch["span_kind"][tokens.seq, tokens.position].cpu())
-    return SimpleNamespace(seq=torch.cat(seq), nll=torch.cat(nll), span_kind=torch.cat(kinds),
-                           weights=torch.cat(weights) if weights else None)
+        seq = tokens.seq.cpu()
+        cols = [batch_nll.float().cpu(), batch["span_kind"][tokens.seq, tokens.position].cpu(),
+                None if w is None else w.float().cpu()]
+        return [tuple(None if c is None else c[seq == i] for c in cols) for i in range(len(part))]
+
+    rows = map_batches(model, encoded, batch_size, batch_scores)
+    if not rows:
+        empty = torch.zeros(0)
+        return SimpleNamespace(seq=empty.long(), nll=empty, span_kind=empty.long(), weights=None)
+    seq = torch.cat([torch.full((len(r[0]),), i, dtype=torch.long) for i, r in enumerate(rows)])
+    has_weights = all(r[2] is not None for r in rows)
+    return SimpleNamespace(seq=seq, nll=torch.cat([r[0] for r in rows]), span_kind=torch.cat([r[1] for r in rows]),
+                           weights=torch.cat([r[2] for r in rows]) if has_weights else None)
 
 
 def save_token_scores(path: Path, method, tokenizer, rows: list[dict], encoded: list[dict], final: SimpleNamespace,

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from atwu_fast.config import ATWUParams, ExperimentConfig, ModelConfig, SyntheticConfig, TrainConfig
 from atwu_fast.data import encode_qa, generate, tokenizer_corpus, train_tokenizer
-from atwu_fast.distributed import SINGLE, DistContext, full_state_dict, shutdown
+from atwu_fast.distributed import SINGLE, DistContext, collective_eval, full_state_dict, map_batches, shutdown
 from atwu_fast.methods import get_method
 from atwu_fast.model import build_tiny_llama
 from atwu_fast.trainer import Unlearner
@@ -134,3 +134,58 @@ def test_two_ranks_resume_from_checkpoint_equals_uninterrupted(tmp_path, paralle
     assert got["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)  # history restored, then steps 3-4
     for key, value in single.model.state_dict().items():
         assert torch.allclose(got["weights"][key], value, rtol=1e-5, atol=1e-6), key
+
+
+def map_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        seen: list[list[int]] = []
+
+        def square(model, part):
+            seen.append(list(part))
+            return [x * x for x in part]
+
+        items = list(range(7))
+        model = torch.nn.Linear(2, 2)
+        with collective_eval(DistContext(rank, world)):
+            gathered = map_batches(model, items, 2, square)
+        alone = map_batches(model, items, 2, square)  # outside the block: this rank maps everything
+        torch.save({"gathered": gathered, "alone": alone, "seen": seen}, f"{out}.{rank}")
+    finally:
+        shutdown(DistContext(rank, world))
+
+
+def test_collective_map_shards_rows_and_gathers_them_in_order(tmp_path):
+    out = tmp_path / "map"
+    mp.start_processes(map_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True,
+                       start_method="spawn")
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    for got in ranks:
+        assert got["gathered"] == [x * x for x in range(7)]
+        assert got["alone"] == [x * x for x in range(7)]
+    assert ranks[0]["seen"][:2] == [[0, 1], [2, 3]] and ranks[1]["seen"][:2] == [[4, 5], [6]]  # each its shard
+
+
+def test_parallel_engine_auto_follows_accelerate_fsdp(monkeypatch):
+    from atwu_fast.distributed import parallel_engine
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert parallel_engine("auto") == "ddp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert parallel_engine("auto") == "fsdp"
+    assert parallel_engine("ddp") == "ddp"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--efficiency.lora_rank", "4"], "fsdp does not support LoRA"),
+    (["--efficiency.optim", "adamw_8bit"], "needs --efficiency.optim adamw"),
+])
+def test_fsdp_rejects_what_it_cannot_shard(args, message, capsys):
+    from atwu_fast.unlearn import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--efficiency.parallel", "fsdp", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

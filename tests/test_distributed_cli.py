@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+from fixtures.tiny import TOFU_DIR, save_tiny_model
 from safetensors.torch import load_file
-from test_cli import TINY
+from test_cli import TINY  # tests/ is on sys.path
+from test_real_report import TOFU
 
 from atwu_fast.unlearn import main
 
@@ -23,19 +26,29 @@ def single_run(tmp_path_factory):
     return root, json.loads((out / "results.json").read_text())
 
 
-def torchrun(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # accelerate configured for FSDP; the engine's default --efficiency.parallel auto follows it
+    "accelerate-fsdp": [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+                        "--num_machines", "1", "--use_fsdp"],
+}
+
+
+def torchrun(args: list[str], timeout: int = 600, launcher: str = "torchrun") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "atwu_fast.unlearn", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([*LAUNCHERS[launcher], "-m", "atwu_fast.unlearn", *args], capture_output=True, text=True,
+                           env=env, timeout=timeout)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_torchrun_two_ranks_write_the_single_process_results(single_run, parallel):
+@pytest.mark.parametrize("launcher, parallel, engine", [("torchrun", "ddp", "ddp"), ("torchrun", "fsdp", "fsdp"),
+                                                        ("accelerate-fsdp", "auto", "fsdp")])
+def test_two_ranks_write_the_single_process_results(single_run, launcher, parallel, engine):
     root, expected = single_run
-    out = root / parallel
+    out = root / f"{launcher}-{parallel}"
     proc = torchrun(TINY + ["--methods", METHODS, "--output-dir", str(out), "--cache-dir", str(root / "cache"),
-                            "--efficiency.parallel", parallel])
+                            "--efficiency.parallel", parallel], launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert yaml.safe_load((out / "config.yaml").read_text())["efficiency"]["parallel"] == engine
     assert proc.stdout.count("results written to") == 1  # rank 0 alone reports
     got = json.loads((out / "results.json").read_text())
     assert set(got) == set(expected)
@@ -51,3 +64,31 @@ def test_torchrun_two_ranks_write_the_single_process_results(single_run, paralle
         assert weights[key].shape == value.shape
         assert (weights[key] - value).abs().max() < 1e-4, key
     assert (out / "report.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def tofu_single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist_tofu")
+    model_dir = save_tiny_model(root / "model", chat=True)
+    args = TOFU + ["--model", str(model_dir), "--methods", "atwu,npo", "--benchmark.epochs", "2",
+                   "--benchmark.eval_every_epoch", "true", "--benchmark.keep_best_by", "model_utility",
+                   "--retain-logs", str(TOFU_DIR.parent / "tofu_retain_logs"), "--threads", "1"]
+    assert main(args + ["--output-dir", str(root / "single")]) == 0
+    return root, args, json.loads((root / "single" / "results.json").read_text())
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_tofu_run_equals_one_process(tofu_single, parallel):
+    root, args, expected = tofu_single
+    out = root / parallel
+    proc = torchrun(args + ["--output-dir", str(out), "--efficiency.parallel", parallel])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((out / "results.json").read_text())
+    assert set(got) == set(expected) == {"atwu", "npo"}
+    for name, metrics in expected.items():
+        for key, value in metrics.items():
+            if key != "train_seconds" and isinstance(value, (int, float)):
+                assert got[name][key] == pytest.approx(value, rel=1e-3, abs=1e-4), (name, key)
+    for name in ("atwu", "npo"):
+        assert (out / name / "TOFU_SUMMARY.json").is_file() and (out / name / "best" / "best.json").is_file()
+        assert (out / name / "model" / "model.safetensors").is_file()

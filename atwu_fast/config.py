@@ -159,6 +159,9 @@ class EfficiencyConfig:
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = _h(
         "attention kernel: auto = flash_attention_2 when flash-attn is installed, the model is on CUDA "
         "and in bf16/fp16, else sdpa", "auto")
+    packing: bool = _h("padding-free training batches: each micro-batch's rows concatenated into one sequence "
+                       "(position ids restart per row; flash_attention_2 runs it varlen, sdpa/eager with a "
+                       "block-diagonal mask)", False)
     parallel: Literal["auto", "ddp", "fsdp"] = _h(
         "data-parallel engine under torchrun / accelerate launch: ddp (weights on every rank), fsdp "
         "(FSDP2: weights, gradients and optimizer state sharded per decoder layer), auto (fsdp when "

@@ -104,7 +104,7 @@ def pack_rows(rows: list[dict]) -> dict[str, torch.Tensor]:
     each row's first token is set to −100 so that no token is predicted across a boundary.
     ``seq`` / ``offsets`` give each packed token's row and each row's start.
     """
-    ids, labels, positions, seq, offsets = [], [], [], [], []
+    ids, labels, positions, seq, offsets, kinds = [], [], [], [], [], []
     start = 0
     for i, row in enumerate(rows):
         row_ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
@@ -114,10 +114,15 @@ def pack_rows(rows: list[dict]) -> dict[str, torch.Tensor]:
         labels.append(row_labels)
         positions.append(torch.arange(len(row_ids)))
         seq.append(torch.full((len(row_ids),), i, dtype=torch.long))
+        if "span_kind" in row:
+            kinds.append(torch.as_tensor(row["span_kind"], dtype=torch.long))
         offsets.append(start)
         start += len(row_ids)
-    return {"input_ids": torch.cat(ids)[None], "labels": torch.cat(labels)[None],
-            "position_ids": torch.cat(positions)[None], "seq": torch.cat(seq), "offsets": torch.tensor(offsets)}
+    packed = {"input_ids": torch.cat(ids)[None], "labels": torch.cat(labels)[None],
+              "position_ids": torch.cat(positions)[None], "seq": torch.cat(seq), "offsets": torch.tensor(offsets)}
+    if kinds:
+        packed["span_kind"] = torch.cat(kinds)[None]
+    return packed
 
 
 def packed_last_hidden(model, packed: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -222,7 +222,7 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
 
     unlearner = Unlearner(model, method, params, train_cfg, forget_enc, retain_enc, tokenizer.pad_token_id,
                           reference=reference, log=say, optim=cfg.efficiency.optim, dist=ctx,
-                          parallel=cfg.efficiency.parallel)
+                          parallel=cfg.efficiency.parallel, packing=cfg.efficiency.packing)
     base = forget_token_scores(model, forget_enc, tokenizer.pad_token_id, bcfg.eval_batch_size)
     metrics_log = progress.MetricsLogger(run_dir / "metrics.jsonl" if ctx.is_main else None, name,
                                          run_dir.parent / "tensorboard" / name

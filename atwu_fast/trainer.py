@@ -35,8 +35,9 @@ from .distributed import (
     wrap,
 )
 from .finetune import warmup_lambda
+from .loading import pack_rows
 from .methods import Method, TokenQuantities, variant_params
-from .model import answer_tokens, last_hidden, lm_head, token_nll
+from .model import AnswerTokens, answer_tokens, decoder, last_hidden, lm_head, token_nll
 from .optim import build_optimizer
 from .sampling import EpochSampler
 from .scorer import LinearScorer, ScorerNorms, ScorerTrainer, pretrain_scorer, scorer_objective
@@ -91,10 +92,10 @@ def clip_grad_norm(params: list, max_norm: float) -> float:
 class Unlearner:
     def __init__(self, model, method: Method, params, cfg: TrainConfig, forget: list[dict], retain: list[dict],
                  pad_id: int, reference=None, log: Optional[Callable[[str], None]] = None, optim: str = "adamw",
-                 dist: DistContext = SINGLE, parallel: str = "ddp"):
+                 dist: DistContext = SINGLE, parallel: str = "ddp", packing: bool = False):
         if method.needs_reference and reference is None:
             raise ValueError(f"{method.name} needs a reference model")
-        self.model, self.method, self.cfg, self.pad_id = model, method, cfg, pad_id
+        self.model, self.method, self.cfg, self.pad_id, self.packing = model, method, cfg, pad_id, packing
         self.forget, self.retain, self.reference = forget, retain, reference
         self.log = log or (lambda m: None)
         self.dist = dist
@@ -124,9 +125,25 @@ class Unlearner:
 
     # ------------------------------------------------------------------ one micro-batch
     def batch(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """Right-padded batch on the model's device."""
+        """Right-padded batch on the model's device, or with ``packing`` the rows' real tokens
+        concatenated into one sequence (:func:`~atwu_fast.loading.pack_rows`)."""
         device = self.model.get_input_embeddings().weight.device
-        return {k: v.to(device, non_blocking=True) for k, v in collate(rows, pad_id=self.pad_id).items()}
+        batch = pack_rows(rows) if self.packing else collate(rows, pad_id=self.pad_id)
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    @staticmethod
+    def forward_tokens(model, batch: dict) -> tuple[AnswerTokens, Optional[torch.Tensor]]:
+        """The answer tokens of a padded or packed batch (``seq`` = the row) and their span kinds."""
+        if "position_ids" in batch:  # packed: one row, boundaries from the restarting positions
+            hidden = decoder(model)(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                    use_cache=False).last_hidden_state
+            tokens = answer_tokens(hidden, batch["labels"])
+            kinds = batch["span_kind"][0, tokens.position] if "span_kind" in batch else None
+            tokens.seq = batch["seq"][tokens.position]
+            return tokens, kinds
+        tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        kinds = batch["span_kind"][tokens.seq, tokens.position] if "span_kind" in batch else None
+        return tokens, kinds
 
     def micro_step(self, step: int, stats: dict) -> torch.Tensor:
         """Loss of one micro-batch (this rank's shard of it when distributed; see
@@ -135,32 +152,35 @@ class Unlearner:
         forget_rows = [self.forget[i] for i in self.dist.shard(self.last_batch[0])]
         retain_rows = [self.retain[i] for i in self.dist.shard(self.last_batch[1])]
         batch = self.batch(forget_rows + retain_rows)
-        norms = self.global_counts(batch["labels"], len(forget_rows))
+        norms = self.global_counts(forget_rows, retain_rows)
         loss = self.step_module(lambda model: self.micro_loss(step, stats, batch, forget_rows, norms))
         return loss * self.dist.world
 
-    def global_counts(self, labels: torch.Tensor, n_forget_rows: int) -> Normalisers:
+    def global_counts(self, forget_rows: list[dict], retain_rows: list[dict]) -> Normalisers:
         """N_F, N_R and the number of forget sequences summed over ranks (None: single process,
         the loss functions count their own inputs)."""
         if not self.dist.enabled:
             return Normalisers()
-        valid = (labels[:, 1:] != -100).sum(dim=1).double()
-        counts = torch.stack([valid[:n_forget_rows].sum(), valid[n_forget_rows:].sum(),
-                              torch.tensor(float(n_forget_rows), dtype=torch.float64, device=labels.device)])
+
+        def answer_count(rows: list[dict]) -> int:  # labels of positions 1.. (position 0 is never predicted)
+            return sum(sum(1 for label in row["labels"][1:] if label != -100) for row in rows)
+
+        device = self.model.get_input_embeddings().weight.device
+        counts = torch.tensor([answer_count(forget_rows), answer_count(retain_rows), len(forget_rows)],
+                              dtype=torch.float64, device=device)
         self.dist.all_reduce_sum(counts)
         counts = counts.clamp_min(1).float()
         return Normalisers(counts[0], counts[1], counts[2])
 
     def micro_loss(self, step: int, stats: dict, batch: dict, forget_rows: list[dict], norms: Normalisers):
-        hidden = last_hidden(self.model, batch["input_ids"], batch["attention_mask"])
-        tokens = answer_tokens(hidden, batch["labels"])
+        tokens, kinds = self.forward_tokens(self.model, batch)
         is_forget = tokens.seq < len(forget_rows)
         if self.scorer is not None and self.cfg.fused_head:
             return self.fused_atwu_step(step, tokens, is_forget, len(forget_rows), stats, norms)
         nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)
         q = TokenQuantities(forget_nll=nll[is_forget], forget_seq=tokens.seq[is_forget],
                             n_forget_seqs=len(forget_rows), retain_nll=nll[~is_forget],
-                            forget_span_kind=batch["span_kind"][tokens.seq, tokens.position][is_forget],
+                            forget_span_kind=kinds[is_forget] if kinds is not None else None,
                             n_forget=norms.n_forget, n_retain=norms.n_retain, n_seqs_total=norms.n_seqs)
         if self.method.needs_reference:
             q.ref_forget_nll = self.reference_nll(forget_rows)
@@ -239,8 +259,9 @@ class Unlearner:
         """``pretrain_steps`` scorer steps on the (not yet unlearned) model: every forget row and the
         first ``pretrain_retain_rows`` retain rows, one no-grad forward, cached and detached."""
         retain_rows = self.retain[:self.params.pretrain_retain_rows]
+
         def target_tokens(model):
-            tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            tokens, _ = self.forward_tokens(model, batch)
             return tokens, token_nll(model, tokens, self.cfg.loss_chunk_size)
 
         with torch.no_grad():
@@ -261,11 +282,9 @@ class Unlearner:
         model itself inside that context — LoRA's adapter-disabled base, no second copy of the weights."""
         batch = self.batch(forget_rows)
         if isinstance(self.reference, torch.nn.Module):
-            hidden = last_hidden(self.reference, batch["input_ids"], batch["attention_mask"])
-            return token_nll(self.reference, answer_tokens(hidden, batch["labels"]), self.cfg.loss_chunk_size)
+            return token_nll(self.reference, self.forward_tokens(self.reference, batch)[0], self.cfg.loss_chunk_size)
         with self.reference():
-            hidden = last_hidden(self.model, batch["input_ids"], batch["attention_mask"])
-            return token_nll(self.model, answer_tokens(hidden, batch["labels"]), self.cfg.loss_chunk_size)
+            return token_nll(self.model, self.forward_tokens(self.model, batch)[0], self.cfg.loss_chunk_size)
 
     # ------------------------------------------------------------------ the loop
     # ------------------------------------------------------------------ checkpointable state

@@ -69,7 +69,7 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
     tok = bench.tokenizer
     unlearner = Unlearner(model, method, params, cfg.train, bench.encoded["forget"], bench.encoded["retain"],
                           tok.pad_token_id, reference=reference, log=log, optim=cfg.efficiency.optim, dist=ctx,
-                          parallel=cfg.efficiency.parallel)
+                          parallel=cfg.efficiency.parallel, packing=cfg.efficiency.packing)
     checkpoint_dir = out_dir / "checkpoints" / name
     base_nll = forget_tokens(model, bench.encoded["forget"], tok.pad_token_id, cfg.eval.batch_size).nll
     last: dict = {}  # the final evaluation's forget tokens and weights, for token_scores.json

@@ -17,7 +17,7 @@ def tiny():
     return tok, enc, tiny_model(tok)
 
 
-def make(tiny, method="atwu", params=None, **train):
+def make(tiny, method="atwu", params=None, packing=False, **train):
     tok, enc, base = tiny
     copy = tiny_model(tok, base.state_dict())
     cfg = TrainConfig(**{"steps": 4, "forget_batch_size": 4, "retain_batch_size": 4, "lr": 1e-2, **train})
@@ -26,7 +26,7 @@ def make(tiny, method="atwu", params=None, **train):
     if get_method(method).needs_reference:
         reference = tiny_model(tok, base.state_dict())
     return Unlearner(copy, get_method(method), params, cfg, enc["forget"], enc["retain"], tok.pad_token_id,
-                     reference=reference)
+                     reference=reference, packing=packing)
 
 
 def test_one_decoder_forward_per_micro_batch(tiny):
@@ -110,3 +110,26 @@ def test_fused_head_path_equals_unfused_path(tiny, schedule, position):
     assert torch.allclose(fused.scorer.weight, plain.scorer.weight, rtol=1e-4, atol=1e-7)
     if schedule != "frozen":
         assert fused.scorer.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method, params", [
+    ("atwu", ATWUParams(update_every=2, pretrain_steps=3)), ("npo", None), ("wga", None), ("atwu_oracle", None)])
+def test_packed_batches_train_like_padded_ones(tiny, method, params):
+    """Padding-free packing changes only the layout: same losses, scorer and weights."""
+    params = params or _params(method)
+    # lr 1e-3: Adam turns fp32 round-off in near-zero gradients into ±lr steps, so a large lr would
+    # compare round-off, not semantics
+    packed = make(tiny, method, params, packing=True, steps=4, lr=1e-3)
+    padded = make(tiny, method, params, packing=False, steps=4, lr=1e-3)
+    calls = []
+    decoder(packed.model).register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape),
+                                                with_kwargs=True)
+    hk, hd = packed.run().history, padded.run().history
+    assert all(shape[0] == 1 for shape in calls)  # one packed row per micro-batch
+    for a, b in zip(hk, hd):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    for pa, pb in zip(packed.model.parameters(), padded.model.parameters()):
+        assert torch.allclose(pa, pb, rtol=1e-4, atol=2e-5)
+    assert any(not torch.equal(pa, pb) for pa, pb in zip(packed.model.parameters(), tiny[2].parameters()))
+    if packed.scorer is not None:
+        assert torch.allclose(packed.scorer.weight, padded.scorer.weight, rtol=1e-4, atol=1e-7)

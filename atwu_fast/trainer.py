@@ -108,7 +108,8 @@ class Unlearner:
         groups = [{"params": model_params}]
         if method.needs_scorer:
             hidden_size = model.get_output_embeddings().weight.shape[1]
-            self.scorer = LinearScorer(hidden_size, params.init_score)
+            device = model.get_output_embeddings().weight.device
+            self.scorer = LinearScorer(hidden_size, params.init_score).to(device)  # beside the hidden states
             self.pretrain_losses = self.pretrain_scorer() if params.pretrain_steps else []
             if params.schedule == "alternating":
                 updates = math.ceil(cfg.steps / params.update_every) * cfg.grad_accum

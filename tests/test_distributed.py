@@ -66,7 +66,7 @@ def run_two_ranks(method: str, tmp_path, out, deadline_s: float = 300.0) -> None
             return
 
 
-@pytest.mark.parametrize("method", ["grad_diff", "npo", "simnpo", "wga", "atwu_frozen", "atwu", "atwu_nll"])
+@pytest.mark.parametrize("method", ["grad_diff", "npo", "simnpo", "wga", "atwu_frozen", "atwu", "atwu_nll", "atwu_logfit"])
 def test_two_gloo_ranks_equal_one_process(tmp_path, method):
     single = build(method, SINGLE)
     losses = [h["loss"] for h in single.run().history]

@@ -260,6 +260,9 @@ class ATWUParams:
     lambda_reward: float = _h("weight of the reward term -mean g*[l*exp(-beta_r*g*l)] in the scorer objective", 1.0)
     lambda_contrast: float = _h("weight of the contrast term: balanced logistic loss telling forget tokens (1) "
                                 "from the micro-batch's retain tokens (0) (not in ATWU.md; 0 disables)", 0.0)
+    lambda_fit: float = _h("weight of the log-loss fit term: binary cross-entropy between g and the soft label "
+                           "sigmoid((log l - mean)/std), mean and std of log l over the batch's forget tokens "
+                           "(not in ATWU.md; 0 disables)", 0.0)
     pretrain_steps: int = _h("full-batch scorer SGD steps on the target model's forget (and retain) hidden states "
                              "and NLL before unlearning, same objective (0: none)", 0)
     pretrain_retain_rows: int = _h("retain QA pairs in the pre-training batch (contrast term)", 128)
@@ -280,6 +283,7 @@ class ATWUParams:
         _check(self.pretrain_steps >= 0, "atwu.pretrain_steps must be >= 0")
         _check(self.pretrain_retain_rows >= 0, "atwu.pretrain_retain_rows must be >= 0")
         _check(self.lambda_reward >= 0 and self.lambda_contrast >= 0, "atwu.lambda_reward/lambda_contrast must be >= 0")
+        _check(self.lambda_fit >= 0, "atwu.lambda_fit must be >= 0")
 
 
 # --------------------------------------------------------------------------- logging
@@ -347,7 +351,7 @@ class BenchmarkConfig:
 
 # --------------------------------------------------------------------------- experiment
 
-METHOD_NAMES = ("atwu", "atwu_faithful", "atwu_nll", "atwu_frozen", "atwu_oracle", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
+METHOD_NAMES = ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen", "atwu_oracle", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
 
 
 @dataclass

@@ -17,6 +17,15 @@ only in forget answers is pushed to g → 1. Since d/dg (1/β)(p^(βg) − 1) = 
 the first term's gradient in g is that of the model's saturated surrogate: model and scorer do
 block-coordinate descent on one joint objective. The budget fraction uses a straight-through
 estimator (value of the hard indicator, gradient of g).
+
+An optional fit term (λ_fit, 0 by default; not in ATWU.md) fits g to the token's relative
+log-loss in the batch, a soft label y_t (see :func:`log_nll_targets`):
+
+    λ_fit·mean_t BCE(g_t, y_t),   y_t = σ((log ℓ_t − μ)/s),   μ, s: mean and std of log ℓ over the batch
+
+Its gradient in the logit z_t is (g_t − y_t), so g is pulled to the best linear-logit fit of a
+monotone function of ℓ: the scores rank tokens by loss, but on a log scale, where a few
+outliers cannot dominate the fit as they dominate the (heavy-tailed) reward ℓ.
 """
 
 from __future__ import annotations
@@ -62,6 +71,29 @@ def scorer_reward(nll: Tensor, scores: Tensor, beta: float, normalise: bool = Fa
     return reward
 
 
+def log_nll_targets(nll: Tensor, count=None, all_reduce_sum: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """Soft labels y_t = σ((x_t − μ)/s) of x_t = log max(ℓ_t, 1e-6), constants.
+
+    μ = Σx/N and s² = Σx²/N − μ² over the batch's N forget tokens (``count``; by default this
+    call's tokens). With ``all_reduce_sum`` the two sums are taken over every rank, so each rank
+    standardises by the global batch statistics. y is monotone in ℓ: it keeps ℓ's ranking, has mean
+    ≈ 1/2 and does not depend on the scale of ℓ.
+    """
+    x = nll.detach().float().clamp_min(1e-6).log()
+    sums = torch.stack([x.sum(), x.pow(2).sum()])
+    if all_reduce_sum is not None:
+        sums = all_reduce_sum(sums.clone())
+    n = count if count is not None else max(x.numel(), 1)
+    mean = sums[0] / n
+    std = (sums[1] / n - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
+    return torch.sigmoid((x - mean) / std)
+
+
+def fit_loss(logits: Tensor, targets: Tensor, count) -> Tensor:
+    """Σ_t BCE(σ(z_t), y_t) / count; d/dz_t = (σ(z_t) − y_t) / count."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / count
+
+
 @dataclass
 class ScorerLoss:
     total: Tensor
@@ -70,6 +102,7 @@ class ScorerLoss:
     budget: Tensor
     l2: Tensor
     contrast: Tensor
+    fit: Tensor
 
 
 def contrast_loss(scorer: LinearScorer, hidden_forget: Tensor, hidden_retain: Optional[Tensor],
@@ -122,6 +155,11 @@ def scorer_objective(scorer: LinearScorer, hidden: Tensor, nll: Tensor, seq: Ten
     lambda_reward = getattr(params, "lambda_reward", 1.0)
     lambda_contrast = getattr(params, "lambda_contrast", 0.0)
     contrast = contrast_loss(scorer, hidden, hidden_retain, nf, nr) if lambda_contrast else torch.zeros(())
+    lambda_fit = getattr(params, "lambda_fit", 0.0)
+    fit = torch.zeros(())
+    if lambda_fit:
+        targets = log_nll_targets(nll, nf, norms.all_reduce_sum if norms is not None else None)
+        fit = fit_loss(scorer.logits(hidden), targets, nf)
     entropy = binary_entropy(g).sum() / nf
     hard = (g > 0.5).float()
     straight_through = hard + g - g.detach()
@@ -132,7 +170,10 @@ def scorer_objective(scorer: LinearScorer, hidden: Tensor, nll: Tensor, seq: Ten
              + params.lambda_l2 * l2)
     if lambda_contrast:
         total = total + lambda_contrast * contrast
-    return ScorerLoss(total, reward_term.detach(), entropy.detach(), budget.detach(), l2.detach(), contrast.detach())
+    if lambda_fit:
+        total = total + lambda_fit * fit
+    return ScorerLoss(total, reward_term.detach(), entropy.detach(), budget.detach(), l2.detach(), contrast.detach(),
+                      fit.detach())
 
 
 class ScorerTrainer:

@@ -102,12 +102,32 @@ ABLATIONS = [
 
 MAIN = [("atwu_faithful", "atwu_faithful", {}), ("atwu_nll", "atwu_nll", {})]
 
+# The log-loss fit study (docs/scorer_study.md, "Log-loss fit"): atwu_logfit and one-change ablations of it.
+# The ablations run plain `atwu` with atwu_logfit's settings spelled out (a variant fixes its fields).
+LOGFIT = {"atwu.lambda_reward": 0.0, "atwu.lambda_fit": 1.0, "atwu.lambda_entropy": 0.0, "atwu.lambda_budget": 0.0,
+          "atwu.lambda_l2": 0.01, "atwu.update_every": 1, "atwu.score_position": "predictor",
+          "atwu.pretrain_steps": 50}
+LOGFIT_ABLATIONS = [
+    ("atwu_logfit", "atwu_logfit", {}),
+    ("logfit settings via atwu (= atwu_logfit)", "atwu", LOGFIT),
+    ("logfit, no pretraining", "atwu", {**LOGFIT, "atwu.pretrain_steps": 0}),
+    ("logfit, λ_2=1", "atwu", {**LOGFIT, "atwu.lambda_l2": 1.0}),
+    ("logfit, token position", "atwu", {**LOGFIT, "atwu.score_position": "token"}),
+    ("logfit, n=5", "atwu", {**LOGFIT, "atwu.update_every": 5}),
+    ("logfit + entropy and budget (λ_H=1, λ_P=10)", "atwu", {**LOGFIT, "atwu.lambda_entropy": 1.0,
+                                                              "atwu.lambda_budget": 10.0}),
+    ("logfit + atwu_nll reward", "atwu", {**LOGFIT, "atwu.lambda_reward": 1.0, "atwu.reward_beta": 0.0,
+                                          "atwu.reward_norm": True}),
+    ("logfit, pretrain 50, frozen", "atwu", {**LOGFIT, "atwu.schedule": "frozen"}),
+]
+
 GRIDS: dict[str, Grid] = {
     "headline": Grid(MAIN + [c for c in CONTROLS if c[1] != "wga"], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2],
                      doc="faithful vs improved ATWU vs controls, 3 model/data seeds, 3 learning rates"),
     "ablations": Grid(ABLATIONS, lrs=[1e-3], seeds=[0],
                       doc="every ATWU.md ablation and the scorer-objective study, default generator, lr 1e-3"),
-    "robustness": Grid(MAIN + [("atwu_frozen (g=0.5)", "atwu_frozen", {}), ("satimp", "satimp", {})],
+    "robustness": Grid(MAIN + [("atwu_logfit", "atwu_logfit", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {}),
+                               ("satimp", "satimp", {})],
                        lrs=[1e-3], seeds=[0],
                        variants={
                            "templates_per_fact=1": {"data.templates_per_fact": 1},
@@ -115,6 +135,10 @@ GRIDS: dict[str, Grid] = {
                            "hidden_size=256": {"model.hidden_size": 256, "model.intermediate_size": 768},
                        },
                        doc="other generator settings and a wider model (settings fixed before any result)"),
+    "logfit": Grid([("atwu_logfit", "atwu_logfit", {})], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2],
+                   doc="the log-loss fit scorer (atwu_logfit), 3 seeds, 3 learning rates; compare with `headline`"),
+    "logfit_ablations": Grid(LOGFIT_ABLATIONS, lrs=[1e-3], seeds=[0],
+                             doc="one-change ablations of atwu_logfit, default generator, lr 1e-3"),
     "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
                   lrs=[1e-3], seeds=[0], base={**QUICK, "train.steps": 3},
                   doc="a seconds-long check of the machinery"),

@@ -68,7 +68,7 @@ def run_two_ranks(method: str, tmp_path, out, parallel: str = "ddp", params: dic
             return
 
 
-CASES = [("ddp", m, {}) for m in ["grad_diff", "npo", "simnpo", "wga", "atwu_frozen", "atwu", "atwu_nll"]]
+CASES = [("ddp", m, {}) for m in ["grad_diff", "npo", "simnpo", "wga", "atwu_frozen", "atwu", "atwu_nll", "atwu_logfit"]]
 CASES += [("fsdp", "grad_diff", {}), ("fsdp", "npo", {}), ("fsdp", "atwu", {}), ("fsdp", "atwu", {"schedule": "joint"})]
 
 

@@ -35,7 +35,7 @@ def reference_loss(name, q, lengths, params):
         w = [math.exp(-x) ** params.beta for x in f]
     elif name == "satimp":
         w = [math.exp(-x) ** params.beta1 * (1 - math.exp(-x)) ** params.beta2 for x in f]
-    elif name in ("atwu", "atwu_faithful", "atwu_nll", "atwu_frozen", "atwu_oracle"):
+    elif name in ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen", "atwu_oracle"):
         g = q.forget_scores.tolist()
         if name == "atwu_oracle":  # hard 0/1 mask of author-unique span tokens
             g = [1.0 if k == 2 else 0.0 for k in q.forget_span_kind.tolist()]
@@ -78,6 +78,7 @@ PARAMS = {
     "atwu": ATWUParams(alpha=0.9, gamma=4.65, beta=7.37),
     "atwu_faithful": ATWUParams(alpha=1.2, gamma=2.0, beta=4.0),
     "atwu_nll": ATWUParams(alpha=0.8, gamma=1.5, beta=6.0, reward_beta=0.0, reward_norm=True),
+    "atwu_logfit": ATWUParams(alpha=1.1, gamma=0.7, beta=3.0, lambda_fit=1.0, lambda_reward=0.0),
     "atwu_frozen": ATWUParams(saturation="raw", beta=3.0),
     "atwu_oracle": ATWUParams(beta=2.0, alpha=0.5),
 }

@@ -1,6 +1,7 @@
-"""Semantics of the scorer-study options: contrast term, reward weight, pre-training, variants."""
+"""Semantics of the scorer-study options: contrast term, reward weight, log-loss fit, pre-training, variants."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -10,8 +11,9 @@ from tiny_unlearning import tiny_data, tiny_model
 
 from atwu_fast.config import METHOD_NAMES, ATWUParams, TrainConfig
 from atwu_fast.methods import METHODS, get_method, variant_params
-from atwu_fast.methods.atwu import FAITHFUL, NLL_TRACKING
-from atwu_fast.scorer import LinearScorer, pretrain_scorer, scorer_objective, scorer_reward
+from atwu_fast.methods.atwu import FAITHFUL, LOG_FIT, NLL_TRACKING
+from atwu_fast.scorer import (LinearScorer, ScorerNorms, log_nll_targets, pretrain_scorer, scorer_objective,
+                               scorer_reward)
 from atwu_fast.trainer import Unlearner
 
 
@@ -30,7 +32,7 @@ def test_every_registered_method_is_a_config_name():
 
 def test_defaults_are_the_faithful_objective_terms():
     p = ATWUParams()
-    assert (p.lambda_reward, p.lambda_contrast, p.pretrain_steps) == (1.0, 0.0, 0)
+    assert (p.lambda_reward, p.lambda_contrast, p.lambda_fit, p.pretrain_steps) == (1.0, 0.0, 0.0, 0)
 
 
 def test_contrast_term_is_balanced_logistic_loss():
@@ -95,6 +97,10 @@ def test_variant_params():
     assert variant_params("atwu_frozen", p).pretrain_steps == 0
     c = variant_params("atwu_nll", ATWUParams())
     assert all(getattr(c, k) == v for k, v in NLL_TRACKING.items())
+    lf = variant_params("atwu_logfit", ATWUParams(lambda_fit=0.0, lambda_entropy=3.0, alpha=0.7))
+    assert all(getattr(lf, k) == v for k, v in LOG_FIT.items())
+    assert (lf.lambda_fit, lf.lambda_reward, lf.lambda_entropy, lf.lambda_budget) == (1.0, 0.0, 0.0, 0.0)
+    assert lf.alpha == 0.7  # the model loss is not fixed by the variant
     assert all(getattr(f, k) == v for k, v in FAITHFUL.items())
 
 
@@ -162,3 +168,114 @@ def test_reward_beta_zero_is_the_unsaturated_nll():
     assert torch.equal(scorer_reward(nll, g, 0.0), nll.float())
     normalised = scorer_reward(nll, g, 0.0, normalise=True)
     assert torch.allclose(normalised, (nll / nll.mean()).float())
+
+
+# --------------------------------------------------------------------------- log-loss fit
+
+
+def test_log_nll_targets_are_sigmoid_of_standardised_log_loss():
+    _, nll, _, _ = batch()
+    x = [math.log(max(v, 1e-6)) for v in nll.tolist()]
+    mean = sum(x) / len(x)
+    std = math.sqrt(sum((v - mean) ** 2 for v in x) / len(x))  # population std
+    expected = [1 / (1 + math.exp(-(v - mean) / std)) for v in x]
+    assert log_nll_targets(nll).tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_log_nll_targets_keep_the_ranking_and_ignore_powers_of_the_loss():
+    """Standardising log ℓ (not ℓ): ℓ ↦ c·ℓ^k (c, k > 0) gives the same labels; order is kept."""
+    _, nll, _, _ = batch()
+    y = log_nll_targets(nll)
+    assert torch.equal(torch.argsort(y), torch.argsort(nll.float()))
+    assert torch.allclose(log_nll_targets(5.0 * nll ** 3), y, atol=1e-5)
+    # a linear standardisation of ℓ would not be invariant to the power
+    z = (nll ** 3 - (nll ** 3).mean()) / (nll ** 3).std(unbiased=False)
+    assert not torch.allclose(torch.sigmoid(z).float(), y, atol=1e-2)
+
+
+def test_log_nll_targets_use_global_statistics_with_all_reduce():
+    _, nll, _, _ = batch()
+    a, b = nll[:6], nll[6:]
+    def sums(part):
+        x = part.float().clamp_min(1e-6).log()
+        return torch.stack([x.sum(), x.pow(2).sum()])
+    ya = log_nll_targets(a, len(nll), lambda t: t + sums(b))
+    yb = log_nll_targets(b, len(nll), lambda t: t + sums(a))
+    assert torch.allclose(torch.cat([ya, yb]), log_nll_targets(nll), atol=1e-6)
+
+
+def test_fit_term_is_cross_entropy_to_the_soft_labels():
+    hidden, nll, seq, _ = batch()
+    scorer = double_scorer()
+    off = dict(lambda_reward=0.0, lambda_entropy=0.0, lambda_budget=0.0, lambda_l2=0.0)
+    out = scorer_objective(scorer, hidden, nll, seq, 3, ATWUParams(lambda_fit=2.0, **off))
+    z = hidden @ scorer.weight + scorer.bias
+    y = log_nll_targets(nll).double()
+    expected = 2.0 * F.binary_cross_entropy_with_logits(z, y)
+    assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out.fit.item() == pytest.approx(expected.item() / 2, rel=1e-6)
+    out.total.backward()
+    # d/dw = λ·mean_t (g_t − y_t)·h_t
+    grad = 2.0 * ((torch.sigmoid(z) - y).detach()[:, None] * hidden).mean(0)
+    assert torch.allclose(scorer.weight.grad, grad, rtol=1e-5)
+
+
+def test_lambda_fit_adds_to_the_objective_and_zero_leaves_it_bit_identical():
+    hidden, nll, seq, _ = batch()
+    scorer = double_scorer()
+    faithful = scorer_objective(scorer, hidden, nll, seq, 3, ATWUParams())
+    zero = scorer_objective(scorer, hidden, nll, seq, 3, ATWUParams(lambda_fit=0.0))
+    both = scorer_objective(scorer, hidden, nll, seq, 3, ATWUParams(lambda_fit=0.5))
+    assert torch.equal(faithful.total, zero.total)
+    assert both.total.item() == pytest.approx(faithful.total.item() + 0.5 * both.fit.item(), rel=1e-10)
+
+
+def test_fit_term_matches_across_ranks():
+    """Two halves with ScorerNorms (global counts, summed statistics) add up to the single objective."""
+    hidden, nll, seq, _ = batch()
+    scorer = double_scorer()
+    params = ATWUParams(lambda_fit=1.0, lambda_reward=0.0, lambda_entropy=0.0, lambda_budget=0.0)
+    single = scorer_objective(scorer, hidden, nll, seq, 3, params)
+    x = nll.float().clamp_min(1e-6).log()
+    halves = [slice(0, 6), slice(6, None)]
+    total = 0.0
+    for mine, other in (halves, halves[::-1]):
+        o = x[other]
+        norms = ScorerNorms(torch.tensor(float(len(nll))), torch.tensor(1.0), torch.tensor(3.0), 2,
+                            lambda t, o=o: t + torch.stack([o.sum(), o.pow(2).sum()]))
+        total += scorer_objective(scorer, hidden[mine], nll[mine], seq[mine], 3, params, norms=norms).fit.item()
+    assert total == pytest.approx(single.fit.item(), rel=1e-6)
+
+
+def test_fit_ranks_tokens_by_log_loss_where_the_reward_follows_outliers():
+    """ℓ = exp(3·h₀ + small noise) plus a few huge-loss outliers along h₁: fitting the soft labels
+    ranks fresh tokens by h₀ (i.e. by log ℓ); the reward term alone chases the outliers' direction."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(400, 6, generator=g)
+    nll = torch.exp(3.0 * hidden[:, 0] - 6.0 + 0.1 * torch.randn(400, generator=g))
+    out = torch.argsort(hidden[:, 1])[-4:]
+    nll[out] = 50.0
+    seq = torch.arange(400) % 20
+    fresh = torch.randn(200, 6, generator=g)
+    def spearman(scores):
+        rank = lambda v: torch.argsort(torch.argsort(v)).float()
+        return torch.corrcoef(torch.stack([rank(scores), rank(fresh[:, 0])]))[0, 1].item()
+    fit = LinearScorer(6)
+    pretrain_scorer(fit, ATWUParams(**{**LOG_FIT, "pretrain_steps": 0}), hidden, nll, seq, 20, steps=200)
+    reward = LinearScorer(6)
+    pretrain_scorer(reward, ATWUParams(**{**NLL_TRACKING, "pretrain_steps": 0}), hidden, nll, seq, 20, steps=200)
+    assert spearman(fit(fresh).detach()) > 0.95
+    assert spearman(reward(fresh).detach()) < spearman(fit(fresh).detach()) - 0.1
+
+
+@pytest.mark.parametrize("schedule", ["alternating", "joint"])
+def test_logfit_fused_equals_unfused(tiny, schedule):
+    params = dataclasses.replace(variant_params("atwu_logfit", ATWUParams()), schedule=schedule, pretrain_steps=3)
+    runs = []
+    for fused in (True, False):
+        unlearner = make(tiny, "atwu", params, fused_head=fused)
+        result = unlearner.run()
+        runs.append((result.scorer.weight.detach().clone(), [h["loss"] for h in result.history]))
+    assert runs[0][0].abs().sum() > 0
+    assert torch.allclose(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-6)
+    assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-4, abs=1e-6)

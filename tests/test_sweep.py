@@ -63,3 +63,14 @@ def test_split_reference_accepts_both_shapes():
     assert "retain_forget_truth_ratios" not in ref and np.allclose(r, [0.5, 0.7])
     ref2, r2 = sweep.split_reference(({"models": {}}, np.ones(2)))
     assert ref2 == {"models": {}} and np.allclose(r2, 1)
+
+
+def test_logfit_ablation_base_is_the_atwu_logfit_variant():
+    """The ablations run plain `atwu` with atwu_logfit's settings spelled out; they must stay equal
+    (overriding a variant's fixed field would be silently ignored)."""
+    from atwu_fast.methods import variant_params
+
+    cfg = merge(ExperimentConfig(), sweep.dotted_to_nested(sweep.LOGFIT))
+    assert variant_params("atwu", cfg.atwu) == variant_params("atwu_logfit", ExperimentConfig().atwu)
+    for label, method, over in sweep.LOGFIT_ABLATIONS[2:]:
+        assert method == "atwu" and over != sweep.LOGFIT, label

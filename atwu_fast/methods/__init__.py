@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .atwu import ATWU, ATWU_FAITHFUL, ATWU_FROZEN, ATWU_NLL, ATWU_ORACLE, atwu_forget_weights, variant_params
+from .atwu import ATWU, ATWU_FAITHFUL, ATWU_FROZEN, ATWU_LOGFIT, ATWU_NLL, ATWU_ORACLE, atwu_forget_weights, variant_params
 from .base import Method, TokenQuantities, retain_nll_mean, sequence_sum, weighted_ascent
 from .gradient_ascent import GRAD_ASCENT, GRAD_DIFF
 from .npo import NPO, SIMNPO
 from .token_weighted import SATIMP, WGA, satimp_weights, wga_weights
 
-METHODS: dict[str, Method] = {m.name: m for m in (ATWU, ATWU_FAITHFUL, ATWU_NLL, ATWU_FROZEN, ATWU_ORACLE, GRAD_ASCENT, GRAD_DIFF, NPO, SIMNPO, WGA, SATIMP)}
+METHODS: dict[str, Method] = {m.name: m for m in (ATWU, ATWU_FAITHFUL, ATWU_NLL, ATWU_LOGFIT, ATWU_FROZEN, ATWU_ORACLE, GRAD_ASCENT, GRAD_DIFF, NPO, SIMNPO, WGA, SATIMP)}
 
 
 def get_method(name: str) -> Method:

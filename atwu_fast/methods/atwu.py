@@ -41,15 +41,22 @@ def atwu_oracle_loss(q: TokenQuantities, params):
 
 # The ATWU variants share the ``atwu`` config section; each fixes the fields below on top of it
 # (a command-line value of a fixed field is overridden for that variant).
-FAITHFUL = {"lambda_reward": 1.0, "lambda_contrast": 0.0}  # ATWU.md's scorer objective (schedule options free)
+FAITHFUL = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "lambda_fit": 0.0}  # ATWU.md's scorer objective (schedule options free)
 # The scorer-study variant (docs/scorer_study.md): non-saturating reward r = ℓ (β_r = 0) divided by
 # its batch mean, a scorer step every model step, the predictor position, 50 pre-training steps.
-NLL_TRACKING = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "reward_beta": 0.0, "reward_norm": True,
-                "update_every": 1, "score_position": "predictor", "pretrain_steps": 50}
+NLL_TRACKING = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "lambda_fit": 0.0, "reward_beta": 0.0,
+                "reward_norm": True, "update_every": 1, "score_position": "predictor", "pretrain_steps": 50}
+# The log-loss fit variant (docs/scorer_study.md, "Log-loss fit"): the scorer is fitted to the soft
+# label σ(standardised log ℓ) by cross-entropy instead of the reward; no entropy or budget term,
+# a light L2 (0.01); schedule as atwu_nll.
+LOG_FIT = {"lambda_reward": 0.0, "lambda_contrast": 0.0, "lambda_fit": 1.0, "lambda_entropy": 0.0,
+           "lambda_budget": 0.0, "lambda_l2": 0.01, "update_every": 1, "score_position": "predictor",
+           "pretrain_steps": 50}
 VARIANTS: dict[str, dict] = {
     "atwu": {},
     "atwu_faithful": FAITHFUL,
     "atwu_nll": NLL_TRACKING,
+    "atwu_logfit": LOG_FIT,
     "atwu_frozen": {"schedule": "frozen", "pretrain_steps": 0},  # g ≡ init_score (0.5) throughout
     "atwu_oracle": {},
 }
@@ -64,5 +71,6 @@ def variant_params(name: str, params):
 ATWU = Method("atwu", "atwu", atwu_loss, needs_scorer=True)
 ATWU_FAITHFUL = Method("atwu_faithful", "atwu", atwu_loss, needs_scorer=True)
 ATWU_NLL = Method("atwu_nll", "atwu", atwu_loss, needs_scorer=True)
+ATWU_LOGFIT = Method("atwu_logfit", "atwu", atwu_loss, needs_scorer=True)
 ATWU_FROZEN = Method("atwu_frozen", "atwu", atwu_loss, needs_scorer=True)
 ATWU_ORACLE = Method("atwu_oracle", "atwu", atwu_oracle_loss)

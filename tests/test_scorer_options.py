@@ -12,8 +12,14 @@ from tiny_unlearning import tiny_data, tiny_model
 from atwu_fast.config import METHOD_NAMES, ATWUParams, TrainConfig
 from atwu_fast.methods import METHODS, get_method, variant_params
 from atwu_fast.methods.atwu import FAITHFUL, LOG_FIT, NLL_TRACKING
-from atwu_fast.scorer import (LinearScorer, ScorerNorms, log_nll_targets, pretrain_scorer, scorer_objective,
-                               scorer_reward)
+from atwu_fast.scorer import (
+    LinearScorer,
+    ScorerNorms,
+    log_nll_targets,
+    pretrain_scorer,
+    scorer_objective,
+    scorer_reward,
+)
 from atwu_fast.trainer import Unlearner
 
 
@@ -257,8 +263,11 @@ def test_fit_ranks_tokens_by_log_loss_where_the_reward_follows_outliers():
     nll[out] = 50.0
     seq = torch.arange(400) % 20
     fresh = torch.randn(200, 6, generator=g)
+
     def spearman(scores):
-        rank = lambda v: torch.argsort(torch.argsort(v)).float()
+        def rank(v):
+            return torch.argsort(torch.argsort(v)).float()
+
         return torch.corrcoef(torch.stack([rank(scores), rank(fresh[:, 0])]))[0, 1].item()
     fit = LinearScorer(6)
     pretrain_scorer(fit, ATWUParams(**{**LOG_FIT, "pretrain_steps": 0}), hidden, nll, seq, 20, steps=200)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .atwu import ATWU, ATWU_FAITHFUL, ATWU_FROZEN, ATWU_LOGFIT, ATWU_NLL, ATWU_ORACLE, atwu_forget_weights, variant_params
+from .atwu import (
+    ATWU,
+    ATWU_FAITHFUL,
+    ATWU_FROZEN,
+    ATWU_LOGFIT,
+    ATWU_NLL,
+    ATWU_ORACLE,
+    atwu_forget_weights,
+    variant_params,
+)
 from .base import Method, TokenQuantities, retain_nll_mean, sequence_sum, weighted_ascent
 from .gradient_ascent import GRAD_ASCENT, GRAD_DIFF
 from .npo import NPO, SIMNPO

@@ -282,7 +282,7 @@ def run_real(cfg: ExperimentConfig) -> int:
     """``unlearn --benchmark tofu|rwku|jsonl``: unlearn a real model and evaluate it (one process, or
     every rank of ``torchrun`` / ``accelerate launch``: data-parallel training, collective evaluation,
     rank 0 writes)."""
-    from .unlearn import quiet_libraries, resolve_engine
+    from .unlearn import quiet_libraries, resolve_engine, warn_fixed_settings
 
     bcfg = cfg.benchmark
     out_dir = Path(cfg.output_dir or f"runs/{bcfg.name}-{'+'.join(cfg.method_list())}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -297,6 +297,8 @@ def run_real(cfg: ExperimentConfig) -> int:
         fail("a distributed run needs an explicit --output-dir (the same on every rank)")
     cfg.efficiency.parallel = resolve_engine(cfg)
     say = print if ctx.is_main else (lambda *a, **k: None)
+    if ctx.is_main:
+        warn_fixed_settings(cfg)
     quiet_libraries()
     progress.configure(cfg.log.progress if ctx.is_main else "off")
     try:

@@ -20,7 +20,7 @@ import yaml
 
 from . import progress
 from .cli import fail, parse_config
-from .config import ExperimentConfig
+from .config import ATWUParams, ExperimentConfig
 from .configtools import ConfigError
 from .distributed import (
     SINGLE,
@@ -36,7 +36,7 @@ from .embedded import Benchmark, prepare
 from .eval.synthetic import evaluate_model, evaluation_splits, forget_tokens, span_alignment
 from .io import atomic_dir, atomic_write_json, atomic_write_text
 from .loading import build_unlearn_model, save_unlearned
-from .methods import METHODS, Method
+from .methods import METHODS, Method, ignored_settings
 from .report import results_table
 from .report_html import token_score_rows, token_scores_doc, write_outputs
 from .resume import METRICS_FILE, finished_metrics
@@ -181,6 +181,14 @@ def resolve_engine(cfg: ExperimentConfig) -> str:
     return engine
 
 
+def warn_fixed_settings(cfg: ExperimentConfig) -> None:
+    """One stderr line per ATWU variant that overrides an ``--atwu.*`` value the user set."""
+    for name in cfg.method_list():
+        ignored = ignored_settings(name, cfg.atwu, ATWUParams())
+        if ignored:
+            print(f"note: {name} fixes {', '.join(ignored)}; use method atwu to set them freely", file=sys.stderr)
+
+
 def default_output_dir(cfg: ExperimentConfig) -> Path:
     label = "all" if cfg.methods == ["all"] else "+".join(cfg.method_list())
     return Path("runs") / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -205,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.enabled and not cfg.output_dir:
         fail("a distributed run needs an explicit --output-dir (the same on every rank)")
     cfg.efficiency.parallel = resolve_engine(cfg)
+    if ctx.is_main:
+        warn_fixed_settings(cfg)
     quiet_libraries()
     progress.configure(cfg.log.progress if ctx.is_main else "off")
     methods = cfg.method_list()

@@ -288,3 +288,14 @@ def test_logfit_fused_equals_unfused(tiny, schedule):
     assert runs[0][0].abs().sum() > 0
     assert torch.allclose(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-6)
     assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-4, abs=1e-6)
+
+
+def test_variants_name_the_settings_they_override():
+    from atwu_fast.methods import ignored_settings
+
+    defaults = ATWUParams()
+    mine = dataclasses.replace(defaults, update_every=3, scorer_lr=0.1)
+    assert ignored_settings("atwu_nll", mine, defaults) == ["atwu.update_every=3 (runs with 1)"]  # scorer_lr is free
+    assert ignored_settings("atwu", mine, defaults) == []
+    assert ignored_settings("atwu_nll", dataclasses.replace(defaults, update_every=1), defaults) == []  # same value
+    assert ignored_settings("grad_diff", mine, defaults) == []

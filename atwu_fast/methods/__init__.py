@@ -10,6 +10,7 @@ from .atwu import (
     ATWU_NLL,
     ATWU_ORACLE,
     atwu_forget_weights,
+    ignored_settings,
     variant_params,
 )
 from .base import Method, TokenQuantities, retain_nll_mean, sequence_sum, weighted_ascent
@@ -28,6 +29,7 @@ def get_method(name: str) -> Method:
 
 
 __all__ = [
+    "ignored_settings",
     "METHODS", "Method", "TokenQuantities", "get_method", "atwu_forget_weights", "variant_params", "wga_weights", "satimp_weights",
     "retain_nll_mean", "sequence_sum", "weighted_ascent",
 ]

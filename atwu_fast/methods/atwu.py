@@ -40,7 +40,7 @@ def atwu_oracle_loss(q: TokenQuantities, params):
 
 
 # The ATWU variants share the ``atwu`` config section; each fixes the fields below on top of it
-# (a command-line value of a fixed field is overridden for that variant).
+# (a command-line value of a fixed field is overridden for that variant; see ignored_settings).
 FAITHFUL = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "lambda_fit": 0.0}  # ATWU.md's scorer objective (schedule options free)
 # The scorer-study variant (docs/scorer_study.md): non-saturating reward r = ℓ (β_r = 0) divided by
 # its batch mean, a scorer step every model step, the predictor position, 50 pre-training steps.
@@ -66,6 +66,13 @@ def variant_params(name: str, params):
     """The ``atwu`` section as method ``name`` runs it."""
     fixed = VARIANTS.get(name, {})
     return dataclasses.replace(params, **fixed) if fixed else params
+
+
+def ignored_settings(name: str, params, defaults) -> list[str]:
+    """``atwu.*`` values set away from ``defaults`` that variant ``name`` overrides (for a warning)."""
+    return [f"atwu.{key}={getattr(params, key)!r} (runs with {value!r})"
+            for key, value in VARIANTS.get(name, {}).items()
+            if getattr(params, key) != getattr(defaults, key) and getattr(params, key) != value]
 
 
 ATWU = Method("atwu", "atwu", atwu_loss, needs_scorer=True)

@@ -56,7 +56,10 @@ def choose_attn_implementation(requested: str, device: str | torch.device, dtype
 
 def enable_gradient_checkpointing(model) -> None:
     """Recompute decoder layers in backward (non-reentrant: frozen inputs under LoRA are fine)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
 

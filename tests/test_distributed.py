@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from atwu_fast.config import ATWUParams, ExperimentConfig, ModelConfig, SyntheticConfig, TrainConfig
 from atwu_fast.data import encode_qa, generate, tokenizer_corpus, train_tokenizer
 from atwu_fast.distributed import SINGLE, DistContext, collective_eval, full_state_dict, map_batches, shutdown
+from atwu_fast.loading import enable_gradient_checkpointing
 from atwu_fast.methods import get_method
 from atwu_fast.model import build_tiny_llama
 from atwu_fast.trainer import Unlearner
@@ -21,19 +22,24 @@ STEPS = 4
 
 
 def build(method: str, ctx: DistContext, parallel: str = "ddp", params: dict | None = None) -> Unlearner:
+    """``params``: ATWU fields, plus ``packing`` / ``checkpointing`` (memory options)."""
     torch.set_num_threads(1)
+    params = dict(params or {})
+    packing, checkpointing = params.pop("packing", False), params.pop("checkpointing", False)
     splits = generate(SyntheticConfig(n_forget_authors=3, n_retain_authors=4, n_holdout_authors=0, n_general=4))
     tok = train_tokenizer(tokenizer_corpus(splits), 400)
     enc = {k: [encode_qa(tok, r["question"], r["answer"], 64, r.get("spans")) for r in v] for k, v in splits.items()}
     model = build_tiny_llama(MODEL, tok, 80)
+    if checkpointing:
+        enable_gradient_checkpointing(model)
     reference = None
     if get_method(method).needs_reference:
         reference = build_tiny_llama(MODEL, tok, 80).requires_grad_(False)
-    params = (ATWUParams(update_every=2, **(params or {})) if method.startswith("atwu")
+    params = (ATWUParams(update_every=2, **params) if method.startswith("atwu")
               else getattr(ExperimentConfig(), get_method(method).params_section))
     cfg = TrainConfig(steps=STEPS, forget_batch_size=4, retain_batch_size=6, lr=1e-3, grad_accum=2)
     return Unlearner(model, get_method(method), params, cfg, enc["forget"][:12], enc["retain"][:18], tok.pad_token_id,
-                     reference=reference, dist=ctx, parallel=parallel)
+                     reference=reference, dist=ctx, parallel=parallel, packing=packing)
 
 
 def worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, params: dict) -> None:
@@ -70,9 +76,11 @@ def run_two_ranks(method: str, tmp_path, out, parallel: str = "ddp", params: dic
 
 CASES = [("ddp", m, {}) for m in ["grad_diff", "npo", "simnpo", "wga", "atwu_frozen", "atwu", "atwu_nll", "atwu_logfit"]]
 CASES += [("fsdp", "grad_diff", {}), ("fsdp", "npo", {}), ("fsdp", "atwu", {}), ("fsdp", "atwu", {"schedule": "joint"})]
+CASES += [("ddp", "atwu", {"packing": True}), ("fsdp", "npo", {"packing": True, "checkpointing": True})]
 
 
-@pytest.mark.parametrize("parallel,method,params", CASES)
+@pytest.mark.parametrize("parallel,method,params", CASES,
+                         ids=["-".join([p, m, *(f"{k}={v}" for k, v in o.items())]) for p, m, o in CASES])
 def test_two_gloo_ranks_equal_one_process(tmp_path, parallel, method, params):
     single = build(method, SINGLE, params=params)
     losses = [h["loss"] for h in single.run().history]
@@ -80,8 +88,11 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, parallel, method, params):
     run_two_ranks(method, tmp_path, out, parallel, params)
     got = torch.load(out, weights_only=True)
     assert got["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    # packed shards run attention over other sequence lengths than the packed global batch: fp32
+    # round-off that Adam's normalised steps can lift to ~1e-5 in the weights (losses still agree)
+    atol = 2e-5 if params.get("packing") else 1e-6
     for key, value in single.model.state_dict().items():
-        assert torch.allclose(got["weights"][key], value, rtol=1e-5, atol=1e-6), (key, (got["weights"][key] - value).abs().max())
+        assert torch.allclose(got["weights"][key], value, rtol=1e-5, atol=atol), (key, (got["weights"][key] - value).abs().max())
     assert any(not torch.equal(v, build(method, SINGLE).model.state_dict()[k])
                for k, v in got["weights"].items())  # training moved the weights
 

@@ -92,3 +92,44 @@ def test_torchrun_tofu_run_equals_one_process(tofu_single, parallel):
     for name in ("atwu", "npo"):
         assert (out / name / "TOFU_SUMMARY.json").is_file() and (out / name / "best" / "best.json").is_file()
         assert (out / name / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("bench", ["tofu", "rwku"])
+def test_torchrun_eval_gathers_every_row(tmp_path, bench):
+    """`python -m atwu_fast.eval` on 2 ranks: each evaluates half the rows; the gathered logs equal
+    one process's value by value."""
+    from fixtures.tiny import RWKU_DIR
+
+    from atwu_fast.eval.__main__ import main as eval_main
+
+    model_dir = save_tiny_model(tmp_path / "model", chat=True)
+    args = (["--benchmark", "tofu", "--split", "forget10", "--data-dir", str(TOFU_DIR)] if bench == "tofu" else
+            ["--benchmark", "rwku", "--targets", "1", "--data-dir", str(RWKU_DIR)])
+    args += ["--model", str(model_dir), "--benchmark.max_new_tokens", "4", "--benchmark.eval_batch_size", "3",
+             "--threads", "1"]
+    assert eval_main(args + ["--output-dir", str(tmp_path / "single")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([*LAUNCHERS["torchrun"], "-m", "atwu_fast.eval", *args, "--output-dir", str(tmp_path / "two")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name = bench.upper()
+    single = json.loads((tmp_path / "single" / f"{name}_EVAL.json").read_text())
+    two = json.loads((tmp_path / "two" / f"{name}_EVAL.json").read_text())
+    assert set(single) == set(two)
+    for metric, entry in single.items():
+        other = two[metric]
+        if isinstance(entry, dict) and "value_by_index" in entry:
+            assert entry["value_by_index"].keys() == other["value_by_index"].keys(), metric
+        assert json.dumps(entry, sort_keys=True) == json.dumps(other, sort_keys=True) or \
+            _close(entry, other), metric
+
+
+def _close(a, b) -> bool:
+    """Nested JSON values equal up to float round-off (rank-local batches may differ in padding)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    return a == b

@@ -2,7 +2,9 @@
 
 Writes ``<NAME>_EVAL.json`` (per-row values) and ``<NAME>_SUMMARY.json`` (aggregates) in the
 reference harness's layout. ``--retain-logs`` (a retain model's TOFU_EVAL.json) supplies the
-reference truth ratios for forget quality and the reference AUC for privleak.
+reference truth ratios for forget quality and the reference AUC for privleak. Under ``torchrun`` /
+``accelerate launch`` every rank evaluates its share of the rows (the model replicated per rank) and
+rank 0 writes the gathered logs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from ..cli import fail, parse_config
 from ..config import BenchmarkConfig, _h
 from ..data.registry import DataError, load_benchmark
+from ..distributed import collective_eval, init_from_env, shutdown
 from ..eval.logs import save_logs, summarize
 
 SHORTCUTS = {"--benchmark": "benchmark.name", "--split": "benchmark.split", "--model": "benchmark.model",
@@ -53,19 +56,27 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     quiet_libraries()
+    ctx = init_from_env()
+    if ctx.enabled and not cfg.output_dir:
+        fail("a distributed run needs an explicit --output-dir (the same on every rank)")
     t0 = time.perf_counter()
     try:
         data = load_benchmark(bcfg)
         retain_ref = retain_reference(bcfg)
         model, tokenizer = load_model(bcfg)
         fmt = formatter(tokenizer, bcfg)
-        logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
+        with collective_eval(ctx):
+            logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
     except (DataError, ValueError) as exc:
         fail(str(exc))
+    if not ctx.is_main:
+        shutdown(ctx)
+        return 0
     eval_path, summary_path = save_logs(out_dir, logs, LOG_NAMES[bcfg.name])
     for key, value in summarize(logs).items():
         print(f"{key:32s} {value:.6g}" if isinstance(value, (int, float)) else f"{key:32s} {value}")
     print(f"\nlogs written to {eval_path} and {summary_path}  ({time.perf_counter() - t0:.0f}s)")
+    shutdown(ctx)
     return 0
 
 

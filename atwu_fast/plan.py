@@ -53,6 +53,14 @@ scorer (ATWU variants)
     ``w, b`` in fp32 with gradient and SGD momentum: ``3·4·(D+1)``, plus its detached input rows
     ``b·N·D`` (the hidden states at the scored positions).
 
+several GPUs (``--ranks K``, numbers per GPU, ``--batch`` rows per GPU)
+    DDP: ``+ b·P_train`` gradient buckets (DDP's reducer keeps flat copies of the gradients).
+    FSDP (FSDP2, full fine-tuning with AdamW): weights, gradients, optimizer state and its step
+    temporaries divided by ``K``; plus the all-gathered working set ``b·(P_root + 2·P_layer)`` (the
+    root unit — embeddings, final norm, LM head — for the whole step, the running decoder layer and
+    the prefetched next one) and, in backward, unsharded gradients ``b·(P_root + P_layer)`` before
+    their reduce-scatter. An NPO reference without LoRA stays a whole copy on every rank.
+
 Peak
 ----
 Memory is highest at one of three moments (persistent = weights + reference + optimizer state
@@ -107,6 +115,8 @@ class PlanInput:
     loss_chunk_size: int = 1024
     gpu_gb: float = 24.0
     device: str = "cuda"  # the loss head's temporaries: Triton on CUDA, chunked PyTorch elsewhere
+    ranks: int = 1  # data-parallel ranks (GPUs); ``batch`` is per rank
+    parallel: str = "ddp"  # ddp | fsdp (the engine's --efficiency.parallel)
 
 
 @dataclass
@@ -208,6 +218,10 @@ def plan(inp: PlanInput, config=None) -> Plan:
         raise ValueError(f"unknown method '{inp.method}'; choose from {', '.join(METHODS)}")
     if inp.dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype '{inp.dtype}'; choose from {', '.join(DTYPE_BYTES)}")
+    if inp.parallel not in ("ddp", "fsdp") or inp.ranks < 1:
+        raise ValueError("parallel must be ddp or fsdp and ranks >= 1")
+    if inp.parallel == "fsdp" and (inp.lora_rank or inp.optim != "adamw"):
+        raise ValueError("the engine's FSDP takes full fine-tuning with adamw (no LoRA, no 8-bit optimizers)")
     method = METHODS[inp.method]
     config = config if config is not None else load_config(inp.model)
     model = meta_model(config)
@@ -240,6 +254,24 @@ def plan(inp: PlanInput, config=None) -> Plan:
     c["gradients"] = sum(k * pb for k, pb in trainable)
     c["optimizer_state"] = int(sum(state_bytes_per_param(inp.optim, k, pb) for k, pb in trainable))
     c["optimizer_step_temporaries"] = sum(k * pb for k, pb in trainable) if inp.optim == "adamw" else 0
+    K = inp.ranks
+    fsdp = inp.parallel == "fsdp" and K > 1
+    # DDP's reducer keeps gradient-sized flat buckets beside the gradients (gradient_as_bucket_view off)
+    c["ddp_buckets"] = c["gradients"] if (inp.parallel == "ddp" and K > 1) else 0
+    c["fsdp_unsharded_params"] = c["fsdp_unsharded_grads"] = 0
+    P_root = 0
+    if fsdp:  # FSDP2: every rank holds 1/K of each parameter, its gradient and its AdamW state
+        from .distributed import shard_units
+
+        P_layer = max(sum(p.numel() for p in unit.parameters()) for unit in shard_units(model))
+        P_root = P - sum(sum(p.numel() for p in unit.parameters()) for unit in shard_units(model))
+        for key in ("weights", "gradients", "optimizer_state", "optimizer_step_temporaries"):
+            c[key] = math.ceil(c[key] / K)
+        # all-gathered: the root unit (embeddings, final norm, LM head) for the whole step, plus the
+        # running decoder layer and the one prefetched after it
+        c["fsdp_unsharded_params"] = b * (P_root + 2 * P_layer)
+        # unsharded gradients before their reduce-scatter: the root's (until the end of backward) and one layer's
+        c["fsdp_unsharded_grads"] = b * (P_root + P_layer)
 
     kv_eff = a["kv_heads"] if inp.attn_implementation == "flash_attention_2" else a["heads"]
     per_layer_lora = None
@@ -259,12 +291,12 @@ def plan(inp: PlanInput, config=None) -> Plan:
     c["loss_head"] = chunk + head_grad_h + head_dw + head_product
     c["scorer"] = (3 * 4 * (D + 1) + b * N * D) if method.needs_scorer else 0
 
-    persistent = c["weights"] + c["reference_weights"] + c["optimizer_state"] + c["scorer"]
+    persistent = c["weights"] + c["reference_weights"] + c["optimizer_state"] + c["scorer"] + c["ddp_buckets"]
     recompute = layer if inp.gradient_checkpointing else 0
     tied_extra = b * V * D if (head_trained and a["tied_embeddings"]) else 0
     moments = {
-        "head_backward": persistent + c["activations"] + c["loss_head"],
-        "end_of_backward": persistent + c["gradients"] + recompute + tied_extra,
+        "head_backward": persistent + c["activations"] + c["loss_head"] + c["fsdp_unsharded_params"],
+        "end_of_backward": persistent + c["gradients"] + recompute + tied_extra + c["fsdp_unsharded_grads"] + b * P_root,
         "optimizer_step": persistent + c["gradients"] + c["optimizer_step_temporaries"],
     }
     peak = max(moments.values())
@@ -285,6 +317,9 @@ LABELS = [
     ("activations_checkpointing", "activations, checkpointing"),
     ("loss_head", "loss head (chunk x V, dW)"),
     ("scorer", "scorer"),
+    ("ddp_buckets", "DDP gradient buckets"),
+    ("fsdp_unsharded_params", "FSDP all-gathered parameters"),
+    ("fsdp_unsharded_grads", "FSDP unsharded gradients"),
 ]
 
 
@@ -297,7 +332,8 @@ def format_plan(p: Plan) -> str:
         f"method {i['method']}, {i['dtype']} weights, optim {i['optim']}, "
         + (f"LoRA r={i['lora_rank']} ({prm['trainable'] / 1e6:.1f}M trainable)" if i["lora_rank"] else "full fine-tuning")
         + f", {i['batch']} rows x {i['seq_len']} tokens, checkpointing {'on' if i['gradient_checkpointing'] else 'off'}, "
-        f"{i['attn_implementation']}",
+        f"{i['attn_implementation']}"
+        + (f", {i['ranks']} ranks ({i['parallel']}; per-GPU numbers)" if i["ranks"] > 1 else ""),
         "",
         f"{'component':34s} {'GiB':>8s}",
     ]
@@ -325,20 +361,24 @@ def parse_args(argv=None) -> tuple[PlanInput, bool]:
     ap.add_argument("--optim", default="adamw", choices=OPTIMIZERS)
     ap.add_argument("--dtype", default="bfloat16", choices=list(DTYPE_BYTES))
     ap.add_argument("--seq-len", type=int, default=512, help="padded tokens per row")
-    ap.add_argument("--batch", type=int, default=8, help="rows per micro-batch (forget + retain)")
+    ap.add_argument("--batch", type=int, default=8, help="rows per micro-batch (forget + retain) on each GPU")
     ap.add_argument("--answer-frac", type=float, default=1.0, help="share of tokens that are answer tokens")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     ap.add_argument("--attn", default="flash_attention_2", choices=["flash_attention_2", "sdpa"])
     ap.add_argument("--loss-chunk", type=int, default=1024, help="train.loss_chunk_size")
     ap.add_argument("--gpu-gb", type=float, default=24.0, help="GPU memory in GiB")
+    ap.add_argument("--ranks", type=int, default=1, help="data-parallel GPUs (torchrun --nproc_per_node)")
+    ap.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp"], help="the engine's --efficiency.parallel")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     ns = ap.parse_args(argv)
+    if ns.ranks < 1:
+        ap.error("--ranks must be >= 1")
     if ns.seq_len < 1 or ns.batch < 1 or not 0 < ns.answer_frac <= 1 or ns.loss_chunk < 1:
         ap.error("--seq-len, --batch, --loss-chunk must be >= 1 and --answer-frac in (0, 1]")
     inp = PlanInput(model=ns.model, method=ns.method, lora_rank=ns.lora, lora_targets=ns.lora_targets,
                     optim=ns.optim, dtype=ns.dtype, seq_len=ns.seq_len, batch=ns.batch, answer_frac=ns.answer_frac,
                     gradient_checkpointing=ns.checkpointing, attn_implementation=ns.attn,
-                    loss_chunk_size=ns.loss_chunk, gpu_gb=ns.gpu_gb)
+                    loss_chunk_size=ns.loss_chunk, gpu_gb=ns.gpu_gb, ranks=ns.ranks, parallel=ns.parallel)
     return inp, ns.json
 
 

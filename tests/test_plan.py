@@ -113,3 +113,26 @@ def test_cli_bad_model_is_one_line_error(capsys, tmp_path):
 
 def test_autoconfig_reads_the_committed_configs():
     assert AutoConfig.from_pretrained(LLAMA_8B).num_key_value_heads == 8
+
+
+def test_several_gpus_ddp_buckets_and_fsdp_shards():
+    base = dict(model=LLAMA_1B, method="atwu", optim="adamw", gradient_checkpointing=True)
+    one = plan(PlanInput(**base))
+    assert plan(PlanInput(**base, ranks=1, parallel="fsdp")).components == one.components  # one rank: nothing shards
+    ddp = plan(PlanInput(**base, ranks=4, parallel="ddp"))
+    assert ddp.components["ddp_buckets"] == one.components["gradients"]
+    assert ddp.peak_bytes > one.peak_bytes
+    f2, f4 = (plan(PlanInput(**base, ranks=k, parallel="fsdp")) for k in (2, 4))
+    for key in ("weights", "gradients", "optimizer_state"):
+        assert f4.components[key] == pytest.approx(one.components[key] / 4, abs=1)
+        assert f2.components[key] == pytest.approx(2 * f4.components[key], abs=2)
+    assert f2.components["fsdp_unsharded_params"] == f4.components["fsdp_unsharded_params"] > 0  # the working set
+    assert one.peak_bytes > f2.peak_bytes > f4.peak_bytes
+
+
+def test_fsdp_plan_for_llama_8b_full_fine_tuning():
+    base = dict(model=LLAMA_8B, method="atwu", optim="adamw", gradient_checkpointing=True, gpu_gb=48)
+    assert not plan(PlanInput(**base)).fits  # one 48 GB GPU: weights + grads + bf16 AdamW state alone ~ 60 GiB
+    assert plan(PlanInput(**base, ranks=8, parallel="fsdp")).fits
+    with pytest.raises(ValueError, match="full fine-tuning with adamw"):
+        plan(PlanInput(**base, ranks=8, parallel="fsdp", lora_rank=16))

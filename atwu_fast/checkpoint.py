@@ -19,11 +19,14 @@ from .io import atomic_dir, atomic_write_text
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
+OPTIMIZER_FILE = "optimizer_full.pt"  # an FSDP run's gathered optimizer state (read by rank 0 only)
 POINTER = "latest"
 
 
-def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module | dict, state: dict) -> Path:
-    """``model``: the module, or its whole state dict (an FSDP run's gathered weights)."""
+def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module | dict, state: dict,
+                    optimizer: dict | None = None) -> Path:
+    """``model``: the module, or its whole state dict (an FSDP run's gathered weights);
+    ``optimizer``: an optimizer state kept apart from the trainer state (FSDP's gathered one)."""
     root = Path(root)
     target = root / f"step-{step:07d}"
 
@@ -33,6 +36,8 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module | dict, 
         else:
             save_model(model, str(d / MODEL_FILE))  # handles tied weights
         torch.save(state, d / STATE_FILE)
+        if optimizer is not None:
+            torch.save(optimizer, d / OPTIMIZER_FILE)
 
     atomic_dir(target, build)
     atomic_write_text(root / POINTER, target.name + "\n")
@@ -71,7 +76,12 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None) -> dict:
     path = Path(path)
     if model is not None:
         load_model(model, str(path / MODEL_FILE))
-    return torch.load(path / STATE_FILE, weights_only=True)
+    return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")  # state moves to its params
+
+
+def checkpoint_optimizer(path: str | Path) -> dict:
+    """The optimizer state saved apart by :func:`save_checkpoint` (CPU)."""
+    return torch.load(Path(path) / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
 
 
 def checkpoint_weights(path: str | Path) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +56,15 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def decide(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (resume decisions read from files: ranks that see the
+        file system differently must still take the same branch)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 SINGLE = DistContext()
 
@@ -68,16 +76,19 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def init_from_env() -> DistContext:
+def init_from_env(cuda: bool | None = None) -> DistContext:
     """Join the process group that ``torchrun`` / ``accelerate launch`` describe in the environment
-    (WORLD_SIZE, RANK, MASTER_ADDR, ...); a plain run gets the single-process context."""
+    (WORLD_SIZE, RANK, MASTER_ADDR, ...); a plain run gets the single-process context. ``cuda``:
+    whether the model runs on GPUs (NCCL, each rank on its LOCAL_RANK device) or on CPUs (gloo);
+    default: whether CUDA is available."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
-    if torch.cuda.is_available():  # each rank on its own GPU (before NCCL binds one)
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:  # each rank on its own GPU (before NCCL binds one)
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     return DistContext(rank=dist.get_rank(), world=dist.get_world_size())
 
 
@@ -93,7 +104,7 @@ class ModelStep(nn.Module):
         return fn(self.model)
 
 
-_SHARDED_ROOTS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+_ROOT_ATTR = "_atwu_fsdp_root"  # kept in the model's __dict__: not a registered submodule
 
 
 def parallel_engine(requested: str) -> str:
@@ -123,19 +134,20 @@ def wrap(model: nn.Module, ctx: DistContext, engine: str = "ddp") -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (ctx.world,))
+        on_cuda = next(model.parameters()).is_cuda or dist.get_backend() == "nccl"
+        mesh = init_device_mesh("cuda" if on_cuda else "cpu", (ctx.world,))
         for unit in shard_units(model):
             fully_shard(unit, mesh=mesh)
         fully_shard(step, mesh=mesh)
-        _SHARDED_ROOTS[model] = step
+        model.__dict__[_ROOT_ATTR] = step  # a reference cycle, collected with the model
         return step
-    device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
+    device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
     return nn.parallel.DistributedDataParallel(step, device_ids=device_ids)
 
 
 def sharded_root(model: nn.Module) -> nn.Module | None:
     """The FSDP root wrapping ``model``, or None when its weights are whole on this rank."""
-    return _SHARDED_ROOTS.get(model)
+    return model.__dict__.get(_ROOT_ATTR)
 
 
 def run_on(model: nn.Module, fn: Callable[[nn.Module], Any]) -> Any:
@@ -165,7 +177,8 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of :func:`full_state_dict` (every rank passes the whole state)."""
+    """Inverse of :func:`full_state_dict`: under FSDP rank 0 passes the whole state (the other
+    ranks an empty dict) and it is broadcast shard by shard; else ``model.load_state_dict``."""
     root = sharded_root(model)
     if root is None:
         model.load_state_dict(state)
@@ -173,7 +186,7 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(root, {"model." + k: v for k, v in state.items()},
-                         options=StateDictOptions(full_state_dict=True))
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def _state_root(model: nn.Module, extra: dict[str, nn.Module]) -> nn.Module:
@@ -190,10 +203,11 @@ def full_optimizer_state(model: nn.Module, optimizer, extra: dict[str, nn.Module
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer, extra: dict[str, nn.Module], state: dict) -> None:
+    """Inverse of :func:`full_optimizer_state` (rank 0 passes the state, the others an empty dict)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(_state_root(model, extra), optimizer, state,
-                             options=StateDictOptions(full_state_dict=True))
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 # --------------------------------------------------------------------------- collective evaluation
@@ -227,16 +241,17 @@ def map_batches(model: nn.Module, items: list, batch_size: int, fn: Callable[[nn
     if sharded and not ctx.enabled and dist.is_initialized() and dist.get_world_size() > 1:
         raise RuntimeError("an FSDP-sharded model must be evaluated inside collective_eval on every rank")
     mine = [items[i] for i in ctx.shard(list(range(len(items))))]
-    offsets = list(starts(len(mine), batch_size) if starts else range(0, len(mine), batch_size))
     results: list = []
-    for lo in offsets:
+    for lo in (starts(len(mine), batch_size) if starts else range(0, len(mine), batch_size)):
         results.extend(run_on(model, lambda m, part=mine[lo:lo + batch_size]: fn(m, part)))
+    if sharded and ctx.enabled and items:
+        most = math.ceil(math.ceil(len(items) / ctx.world) / batch_size)
+        for _ in range(most - math.ceil(len(mine) / batch_size)):
+            run_on(model, lambda m: fn(m, items[:1]))  # keeps the sharded forwards in step; dropped
+    if sharded:
+        sharded_root(model).reshard()  # a no-grad forward leaves the root unit gathered
     if not ctx.enabled:
         return results
-    if sharded and items:
-        most = math.ceil(math.ceil(len(items) / ctx.world) / batch_size)
-        for _ in range(most - len(offsets)):
-            run_on(model, lambda m: fn(m, items[:1]))  # keeps the sharded forwards in step; dropped
     gathered: list = [None] * ctx.world
     dist.all_gather_object(gathered, results)
     return [r for part in gathered for r in part]

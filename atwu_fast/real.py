@@ -48,6 +48,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def uses_cuda(name: str) -> bool:
+    """Whether ``benchmark.device`` puts the model on a GPU (NCCL for a distributed run)."""
+    return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+
+
 def load_tokenizer(bcfg: BenchmarkConfig):
     """The tokenizer alone, with a pad token distinct from eos (see :func:`load_model`)."""
     from transformers import AutoTokenizer
@@ -214,6 +219,7 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
         raw = json.loads(best_file.read_text()).get(bcfg.keep_best_by)
         if raw is not None:
             state["best"] = metric_value({bcfg.keep_best_by.lstrip("-"): raw}, bcfg.keep_best_by)
+    state["best"] = ctx.decide(state["best"])
     say = print if ctx.is_main else (lambda *a, **k: None)
     if bcfg.eval_before:
         logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
@@ -260,6 +266,8 @@ def run_method_real(name: str, cfg: ExperimentConfig, data: BenchmarkData, retai
     finally:
         metrics_log.close()
     seconds = time.perf_counter() - start
+    if state.get("last") is None:  # resumed from the final step's checkpoint: evaluate once more
+        on_eval(train_cfg.steps)
     logs = state["last"]
     final = forget_token_scores(model, forget_enc, tokenizer.pad_token_id, bcfg.eval_batch_size,
                                 lambda view: method_token_weights(method, unlearner.params, unlearner.scorer, view))
@@ -292,10 +300,10 @@ def run_real(cfg: ExperimentConfig) -> int:
         fail("--benchmark.keep_best_by needs --benchmark.eval_every_epoch true")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ctx = init_from_env()
+    ctx = init_from_env(cuda=uses_cuda(bcfg.device))
     if ctx.enabled and not cfg.output_dir:
         fail("a distributed run needs an explicit --output-dir (the same on every rank)")
-    cfg.efficiency.parallel = resolve_engine(cfg)
+    cfg.efficiency.parallel = resolve_engine(cfg, ctx.world)
     say = print if ctx.is_main else (lambda *a, **k: None)
     if ctx.is_main:
         warn_fixed_settings(cfg)
@@ -320,6 +328,7 @@ def run_real(cfg: ExperimentConfig) -> int:
         finished = {name: finished_metrics(out_dir / name) for name in cfg.method_list()} if cfg.resume else {}
     except ValueError as exc:
         fail(str(exc))
+    finished = ctx.decide(finished)
     results = {}
     with collective_eval(ctx):
         for name in cfg.method_list():

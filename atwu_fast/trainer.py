@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from atwu_kernels import atwu_head
 
-from .checkpoint import checkpoint_weights, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_optimizer, checkpoint_weights, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import collate
 from .distributed import (
@@ -121,8 +121,8 @@ class Unlearner:
         self.optimizer = build_optimizer(groups, optim, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_lambda(cfg.warmup_steps, cfg.steps, cfg.lr_schedule))
-        self.forget_batches = EpochSampler(len(forget), cfg.forget_batch_size, cfg.seed)
-        self.retain_batches = EpochSampler(len(retain), cfg.retain_batch_size, cfg.seed + 1)
+        self.forget_batches = EpochSampler(len(forget), cfg.forget_batch_size, cfg.seed, min_batch=dist.world)
+        self.retain_batches = EpochSampler(len(retain), cfg.retain_batch_size, cfg.seed + 1, min_batch=dist.world)
 
     # ------------------------------------------------------------------ one micro-batch
     def batch(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -339,15 +339,18 @@ class Unlearner:
         weights = full_state_dict(self.model)
         optimizer = full_optimizer_state(self.model, self.optimizer, self.optimised_extras())
         if self.dist.is_main:
-            save_checkpoint(directory, step, weights, {**self.state_dict(result, step), "optimizer": optimizer})
+            save_checkpoint(directory, step, weights, {**self.state_dict(result, step), "optimizer": None}, optimizer)
 
     def restore(self, path, result: UnlearnResult) -> int:
-        """Weights and trainer state from checkpoint ``path`` (every rank reads it)."""
+        """Weights and trainer state from checkpoint ``path``. Under FSDP only rank 0 reads the
+        gathered weights and optimizer state, and broadcasts them shard by shard."""
         if sharded_root(self.model) is None:
             return self.load_state_dict(load_checkpoint(path, self.model), result)
-        load_full_state_dict(self.model, checkpoint_weights(path))
+        main = self.dist.is_main
+        load_full_state_dict(self.model, checkpoint_weights(path) if main else {})
+        load_full_optimizer_state(self.model, self.optimizer, self.optimised_extras(),
+                                  checkpoint_optimizer(path) if main else {})
         state = load_checkpoint(path, None)
-        load_full_optimizer_state(self.model, self.optimizer, self.optimised_extras(), state.pop("optimizer"))
         state["optimizer"] = self.optimizer.state_dict()
         return self.load_state_dict(state, result)
 
@@ -363,7 +366,7 @@ class Unlearner:
         result = UnlearnResult(scorer=self.scorer)
         start = 0
         if resume and checkpoint_dir is not None:
-            found = latest_checkpoint(checkpoint_dir)
+            found = self.dist.decide(latest_checkpoint(checkpoint_dir))
             if found is not None:
                 start = self.restore(found, result)
                 self.log(f"  resumed from {found} (step {start})")
@@ -432,6 +435,7 @@ class Unlearner:
         stats["grad_norm"] = grad_norm
         stats["lr"] = self.schedule.get_last_lr()[0]
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # no gradient memory held through evaluation
         self.schedule.step()
         stats["loss"] = total
         return stats

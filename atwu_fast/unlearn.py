@@ -171,13 +171,17 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def resolve_engine(cfg: ExperimentConfig) -> str:
-    """The data-parallel engine this run uses (``auto`` resolved), checked against the other options."""
+def resolve_engine(cfg: ExperimentConfig, world: int = 1) -> str:
+    """The data-parallel engine this run uses (``auto`` resolved), checked against the other options
+    and the number of ranks (every rank needs a forget and a retain row of each micro-batch)."""
     engine = parallel_engine(cfg.efficiency.parallel)
     try:
         cfg.efficiency.validate(engine)
     except ConfigError as exc:
         fail(str(exc))
+    smallest = min(cfg.train.forget_batch_size, cfg.train.retain_batch_size)
+    if smallest < world:
+        fail(f"{world} ranks need train.forget_batch_size and train.retain_batch_size >= {world} (global batches)")
     return engine
 
 
@@ -209,10 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"output directory {out_dir} is not empty; choose another --output-dir (or --resume)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ctx = init_from_env()
+    ctx = init_from_env(cuda=False)  # the embedded models run on the CPU: gloo
     if ctx.enabled and not cfg.output_dir:
         fail("a distributed run needs an explicit --output-dir (the same on every rank)")
-    cfg.efficiency.parallel = resolve_engine(cfg)
+    cfg.efficiency.parallel = resolve_engine(cfg, ctx.world)
     if ctx.is_main:
         warn_fixed_settings(cfg)
     quiet_libraries()
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         finished = {name: finished_metrics(out_dir / name) for name in methods} if cfg.resume else {}
     except ValueError as exc:
         fail(str(exc))
-    finished = {name: metrics for name, metrics in finished.items() if metrics is not None}
+    finished = ctx.decide({name: metrics for name, metrics in finished.items() if metrics is not None})
 
     def log(message: str) -> None:
         if ctx.is_main:

@@ -108,12 +108,13 @@ class Interrupt(Exception):
     pass
 
 
-def resume_worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, ckpt: str) -> None:
+def resume_worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, ckpt: str,
+                  params: dict) -> None:
     """Train until step 3 (checkpoint at step 2), stop, then resume in a fresh Unlearner."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
     try:
-        first = build(method, DistContext(rank, world), parallel)
+        first = build(method, DistContext(rank, world), parallel, params)
         first.cfg.checkpoint_every = 2
 
         def stop(stats):
@@ -122,7 +123,7 @@ def resume_worker(rank: int, world: int, init_file: str, method: str, out: str, 
 
         with pytest.raises(Interrupt):
             first.run(on_step=stop, checkpoint_dir=ckpt)
-        second = build(method, DistContext(rank, world), parallel)
+        second = build(method, DistContext(rank, world), parallel, params)
         second.cfg.checkpoint_every = 2
         steps_run: list[int] = []
         result = second.run(on_step=lambda stats: steps_run.append(stats["step"]), checkpoint_dir=ckpt, resume=True)
@@ -133,13 +134,13 @@ def resume_worker(rank: int, world: int, init_file: str, method: str, out: str, 
         shutdown(DistContext(rank, world))
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_ranks_resume_from_checkpoint_equals_uninterrupted(tmp_path, parallel):
-    single = build("atwu", SINGLE)
+@pytest.mark.parametrize("parallel, params", [("ddp", {}), ("fsdp", {}), ("fsdp", {"schedule": "joint"})])
+def test_two_ranks_resume_from_checkpoint_equals_uninterrupted(tmp_path, parallel, params):
+    single = build("atwu", SINGLE, params=params)
     losses = [h["loss"] for h in single.run().history]
     out = tmp_path / "rank0.pt"
-    mp.start_processes(resume_worker, args=(2, str(tmp_path / "init"), "atwu", str(out), parallel, str(tmp_path / "ckpt")),
-                       nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(resume_worker, args=(2, str(tmp_path / "init"), "atwu", str(out), parallel, str(tmp_path / "ckpt"),
+                                            params), nprocs=2, join=True, start_method="spawn")
     got = torch.load(out, weights_only=True)
     assert got["steps_run"] == [3, 4]  # resumed from the step-2 checkpoint
     assert got["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)  # history restored, then steps 3-4
@@ -162,7 +163,20 @@ def map_worker(rank: int, world: int, init_file: str, out: str) -> None:
         with collective_eval(DistContext(rank, world)):
             gathered = map_batches(model, items, 2, square)
         alone = map_batches(model, items, 2, square)  # outside the block: this rank maps everything
-        torch.save({"gathered": gathered, "alone": alone, "seen": seen}, f"{out}.{rank}")
+        # an FSDP-sharded model: 5 rows over 2 ranks = batches of [2, 1] and [2] rows; rank 1 must run a
+        # padding forward (its own batches alone would leave rank 0's second all-gather unmatched: a hang)
+        sharded = build("grad_diff", DistContext(rank, world), "fsdp").model
+        forwards: list[int] = []
+
+        def logits_sum(m, part):
+            forwards.append(len(part))
+            out = m(input_ids=torch.tensor([[1, 2, 3]] * len(part))).logits
+            return [float(out[i].sum()) for i in range(len(part))]
+
+        with collective_eval(DistContext(rank, world)):
+            fsdp_rows = map_batches(sharded, list(range(5)), 2, logits_sum)
+        torch.save({"gathered": gathered, "alone": alone, "seen": seen, "fsdp_rows": fsdp_rows,
+                    "forwards": forwards}, f"{out}.{rank}")
     finally:
         shutdown(DistContext(rank, world))
 
@@ -176,6 +190,9 @@ def test_collective_map_shards_rows_and_gathers_them_in_order(tmp_path):
         assert got["gathered"] == [x * x for x in range(7)]
         assert got["alone"] == [x * x for x in range(7)]
     assert ranks[0]["seen"][:2] == [[0, 1], [2, 3]] and ranks[1]["seen"][:2] == [[4, 5], [6]]  # each its shard
+    assert len(ranks[0]["forwards"]) == len(ranks[1]["forwards"]) == 2  # rank 1: one batch + one padding
+    assert len(ranks[0]["fsdp_rows"]) == 5 and ranks[0]["fsdp_rows"] == ranks[1]["fsdp_rows"]
+    assert ranks[0]["fsdp_rows"] == pytest.approx([ranks[0]["fsdp_rows"][0]] * 5)  # same input, same logits
 
 
 def test_parallel_engine_auto_follows_accelerate_fsdp(monkeypatch):
@@ -200,3 +217,22 @@ def test_fsdp_rejects_what_it_cannot_shard(args, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_sampler_drops_epoch_tails_too_short_for_every_rank():
+    from atwu_fast.sampling import EpochSampler
+
+    batches = [next(s) for s in [EpochSampler(7, 3, 0, min_batch=2)] for _ in range(6)]
+    assert [len(b) for b in batches] == [3, 3, 3, 3, 3, 3]  # the 1-row tail of each epoch is skipped
+    single = EpochSampler(7, 3, 0)
+    assert [len(next(single)) for _ in range(3)] == [3, 3, 1]  # one process keeps it
+    with pytest.raises(ValueError, match="cannot give each of 4 ranks a row"):
+        EpochSampler(7, 3, 0, min_batch=4)
+
+
+def test_too_few_rows_per_global_batch_is_a_one_line_error(monkeypatch, capsys):
+    from atwu_fast.unlearn import resolve_engine
+
+    with pytest.raises(SystemExit) as exc:
+        resolve_engine(ExperimentConfig(train=TrainConfig(forget_batch_size=2)), world=4)
+    assert exc.value.code == 2 and "4 ranks need train.forget_batch_size" in capsys.readouterr().err

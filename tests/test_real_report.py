@@ -179,6 +179,30 @@ def test_resume_keeps_finished_methods_and_resumes_unfinished(model_dir, tmp_pat
     assert "wga" in page.table_rows
 
 
+def test_resume_from_the_final_steps_checkpoint_evaluates_and_finishes(model_dir, tmp_path, monkeypatch):
+    """A crash after the last checkpoint but before metrics.json: --resume trains nothing more, runs
+    the final evaluation again and writes the method's results."""
+    import atwu_fast.real as real
+
+    out = tmp_path / "run"
+    args = TOFU + ["--model", str(model_dir), "--method", "wga", "--train.steps", "2", "--output-dir", str(out)]
+    saved = real.save_token_scores
+
+    def crash(*a, **kw):
+        raise Stopped
+
+    monkeypatch.setattr(real, "save_token_scores", crash)
+    with pytest.raises(Stopped):
+        unlearn_main(args)
+    assert (out / "checkpoints" / "wga" / "step-0000002").is_dir() and not (out / "wga" / "metrics.json").exists()
+    monkeypatch.setattr(real, "save_token_scores", saved)
+    steps = []
+    real_step = Unlearner.train_step
+    monkeypatch.setattr(Unlearner, "train_step", lambda self, step, t: steps.append(step) or real_step(self, step, t))
+    assert unlearn_main(args + ["--resume"]) == 0
+    assert steps == [] and "model_utility" in json.loads((out / "wga" / "metrics.json").read_text())
+
+
 def test_resume_with_a_corrupt_metrics_file_is_a_clean_error(model_dir, tmp_path, capsys):
     (tmp_path / "run" / "grad_diff").mkdir(parents=True)
     (tmp_path / "run" / "grad_diff" / "metrics.json").write_text("{truncated")

@@ -125,7 +125,7 @@ def test_packed_batches_train_like_padded_ones(tiny, method, params):
     decoder(packed.model).register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape),
                                                 with_kwargs=True)
     hk, hd = packed.run().history, padded.run().history
-    assert all(shape[0] == 1 for shape in calls)  # one packed row per micro-batch
+    assert calls and all(shape[0] == 1 for shape in calls)  # one packed row per micro-batch
     for a, b in zip(hk, hd):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
     for pa, pb in zip(packed.model.parameters(), padded.model.parameters()):

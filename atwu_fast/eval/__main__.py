@@ -46,7 +46,7 @@ class EvalRunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..real import LOG_NAMES, evaluate_benchmark, formatter, load_model, retain_reference
+    from ..real import LOG_NAMES, evaluate_benchmark, formatter, load_model, retain_reference, uses_cuda
     from ..unlearn import quiet_libraries
 
     cfg = parse_config(EvalRunConfig, argv, prog="python -m atwu_fast.eval", description=__doc__.splitlines()[0],
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     quiet_libraries()
-    ctx = init_from_env()
+    ctx = init_from_env(cuda=uses_cuda(bcfg.device))
     if ctx.enabled and not cfg.output_dir:
         fail("a distributed run needs an explicit --output-dir (the same on every rank)")
     t0 = time.perf_counter()

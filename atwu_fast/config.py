@@ -273,6 +273,9 @@ class ATWUParams:
     reward_beta: Optional[float] = _h("beta inside the scorer reward l*exp(-beta*g*l) (none: = beta)", None)
     reward_norm: bool = _h("divide the scorer reward by its batch mean", False)
     init_score: float = _h("initial g of every token (the scorer bias starts at logit(init_score))", 0.5)
+    score_mean_target: Optional[float] = _h(
+        "model step only: rescale the scores to min(1, g*target/mean g), mean over the batch's forget tokens, "
+        "so the scorer sets the ranking and not the total forget push (not in ATWU.md; none: off)", None)
 
     def validate(self) -> None:
         _check(self.update_every >= 1, "atwu.update_every must be >= 1")
@@ -284,6 +287,8 @@ class ATWUParams:
         _check(self.pretrain_retain_rows >= 0, "atwu.pretrain_retain_rows must be >= 0")
         _check(self.lambda_reward >= 0 and self.lambda_contrast >= 0, "atwu.lambda_reward/lambda_contrast must be >= 0")
         _check(self.lambda_fit >= 0, "atwu.lambda_fit must be >= 0")
+        _check(self.score_mean_target is None or 0.0 < self.score_mean_target <= 1.0,
+               "atwu.score_mean_target must be in (0, 1] or none")
 
 
 # --------------------------------------------------------------------------- logging

@@ -89,6 +89,37 @@ def log_nll_targets(nll: Tensor, count=None, all_reduce_sum: Optional[Callable[[
     return torch.sigmoid((x - mean) / std)
 
 
+def mean_rescale_factor(scores: Tensor, target: float, count=None,
+                        all_reduce_sum: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """c = target / ḡ, ḡ = Σ_t g_t / N over the batch's N forget tokens (``count``; by default this
+    call's tokens; with ``all_reduce_sum`` the sum is taken over every rank). A constant."""
+    total = scores.detach().to(torch.promote_types(scores.dtype, torch.float32)).sum()
+    if all_reduce_sum is not None:
+        total = all_reduce_sum(total.clone())
+    n = count if count is not None else max(scores.numel(), 1)
+    return target / (total / n).clamp_min(1e-6)
+
+
+def rescale_to_mean(scores: Tensor, target: float, count=None,
+                    all_reduce_sum: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """The model step's scores with their batch mean set to ``target``: g'_t = min(1, c·g_t), c = target/ḡ.
+
+    Separates the scorer's ranking from its magnitude. ATWU's forget term has the θ-gradient of the
+    bounded surrogate (γ/β)·mean_t p_t^(β g_t); for a token not yet forgotten (p ≈ 1) its push is
+    γ·g_t/N_F, so the total push on a memorised batch is γ·ḡ. Two scorers with the same ranking but
+    different ḡ therefore unlearn at different speeds, as if γ (and, through the exponent, β) were
+    scaled by ḡ. Multiplying every g by one batch constant c keeps the ranking and the per-token
+    saturation semantics exactly: g' is a valid score, the token's weight is g'·p^(β g') and its
+    surrogate (1/β)(p^(β g') − 1), i.e. ATWU with scores g'. With c = target/ḡ the total push at
+    p ≈ 1 is γ·target whatever the scorer's level: the scorer only redistributes a fixed push
+    (target = 0.5 is the frozen control's g ≡ 0.5). The clip at 1 keeps g' ≤ 1 (no token pushed
+    harder than g = 1), so the mean is target exactly when max g ≤ ḡ/target and below it otherwise.
+    c is a constant (no gradient), and the scorer's own objective still sees the raw g.
+    """
+    c = mean_rescale_factor(scores, target, count, all_reduce_sum)
+    return (scores * c).clamp(max=1.0)
+
+
 def fit_loss(logits: Tensor, targets: Tensor, count) -> Tensor:
     """Σ_t BCE(σ(z_t), y_t) / count; d/dz_t = (σ(z_t) − y_t) / count."""
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / count

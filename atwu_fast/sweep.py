@@ -128,7 +128,7 @@ GRIDS: dict[str, Grid] = {
                       doc="every ATWU.md ablation and the scorer-objective study, default generator, lr 1e-3"),
     "robustness": Grid(MAIN + [("atwu_logfit", "atwu_logfit", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {}),
                                ("satimp", "satimp", {})],
-                       lrs=[1e-3], seeds=[0],
+                       lrs=[1e-3], seeds=[0, 1, 2],
                        variants={
                            "templates_per_fact=1": {"data.templates_per_fact": 1},
                            "unique_share=0.7": {"data.unique_share": 0.7},
@@ -137,6 +137,19 @@ GRIDS: dict[str, Grid] = {
                        doc="other generator settings and a wider model (settings fixed before any result)"),
     "logfit": Grid([("atwu_logfit", "atwu_logfit", {})], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2],
                    doc="the log-loss fit scorer (atwu_logfit), 3 seeds, 3 learning rates; compare with `headline`"),
+    "logfit_frontier": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_logfit", "atwu_logfit", {}),
+                             ("atwu_frozen (g=0.5)", "atwu_frozen", {})], lrs=[5e-3, 7e-3], seeds=[0, 1, 2],
+                            doc="faithful, atwu_logfit and frozen between lr 3e-3 and 1e-2: the FQ-MU frontier "
+                                "(compare with `headline` and `logfit`)"),
+    "logfit_mean": Grid([("atwu_logfit, score mean 0.5", "atwu", {**LOGFIT, "atwu.score_mean_target": 0.5})],
+                        lrs=[1e-3, 3e-3, 5e-3, 7e-3, 1e-2], seeds=[0, 1, 2],
+                        doc="atwu_logfit with the model step's scores rescaled to batch mean 0.5 (the frozen "
+                            "control's level): ranking from the scorer, total push fixed"),
+    "logfit_magnitude": Grid([("atwu_logfit, score mean 0.44", "atwu", {**LOGFIT, "atwu.score_mean_target": 0.44}),
+                              ("atwu_frozen (g=0.44)", "atwu_frozen", {"atwu.init_score": 0.44})],
+                             lrs=[1e-2], seeds=[0, 1, 2],
+                             doc="lr 1e-2 diagnostic: atwu_logfit's ranking and a frozen control, both at "
+                                 "faithful ATWU's measured mean score (0.44)"),
     "logfit_ablations": Grid(LOGFIT_ABLATIONS, lrs=[1e-3], seeds=[0],
                              doc="one-change ablations of atwu_logfit, default generator, lr 1e-3"),
     "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],

@@ -40,7 +40,15 @@ from .methods import Method, TokenQuantities, variant_params
 from .model import AnswerTokens, answer_tokens, decoder, last_hidden, lm_head, token_nll
 from .optim import build_optimizer
 from .sampling import EpochSampler
-from .scorer import LinearScorer, ScorerNorms, ScorerTrainer, pretrain_scorer, scorer_objective
+from .scorer import (
+    LinearScorer,
+    ScorerNorms,
+    ScorerTrainer,
+    mean_rescale_factor,
+    pretrain_scorer,
+    rescale_to_mean,
+    scorer_objective,
+)
 
 
 @dataclass
@@ -212,10 +220,14 @@ class Unlearner:
             with torch.no_grad():
                 q.forget_nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)[is_forget]
             extra = self.scorer_pass(step, h_forget, q, stats, h_score[~is_forget])
+        scale = None
+        if params.score_mean_target is not None:
+            with torch.no_grad():
+                scale = self.score_scale(self.scorer(h_forget), norms.n_forget)
         out = atwu_head(tokens.hidden_pred, weight, tokens.targets, is_forget, self.scorer.weight, self.scorer.bias,
                         score_hidden=h_score, alpha=params.alpha, gamma=params.gamma, beta=params.beta,
-                        saturation=params.saturation, bias=bias, chunk_size=self.cfg.loss_chunk_size,
-                        n_forget=norms.n_forget, n_retain=norms.n_retain)
+                        saturation=params.saturation, score_scale=scale, bias=bias,
+                        chunk_size=self.cfg.loss_chunk_size, n_forget=norms.n_forget, n_retain=norms.n_retain)
         if params.schedule != "alternating":
             q.forget_nll = out.nll[is_forget]
             extra = self.scorer_pass(step, h_forget, q, stats, h_score[~is_forget])
@@ -223,6 +235,12 @@ class Unlearner:
         stats["score_mean"] = out.scores[is_forget].mean().item()
         stats["score_frac"] = (out.scores[is_forget] > 0.5).float().mean().item()
         return out.loss + extra
+
+    def score_scale(self, forget_scores: torch.Tensor, n_forget) -> torch.Tensor:
+        """c = score_mean_target / mean g over the (global) batch's forget tokens (see
+        :func:`atwu_fast.scorer.rescale_to_mean`)."""
+        return mean_rescale_factor(forget_scores, self.params.score_mean_target, n_forget,
+                                   self.dist.all_reduce_sum if self.dist.enabled else None)
 
     def record_nll(self, stats: dict, forget_nll: torch.Tensor, retain_nll: torch.Tensor) -> None:
         stats["forget_nll"] += forget_nll.detach().mean().item() / self.cfg.grad_accum
@@ -254,6 +272,9 @@ class Unlearner:
             q.forget_scores = self.scorer(hidden_f)
         stats["score_mean"] = q.forget_scores.mean().item()
         stats["score_frac"] = (q.forget_scores > 0.5).float().mean().item()
+        if self.params.score_mean_target is not None:  # the model step's scores (the scorer saw the raw g)
+            q.forget_scores = rescale_to_mean(q.forget_scores, self.params.score_mean_target, q.n_forget,
+                                              self.dist.all_reduce_sum if self.dist.enabled else None)
         return extra
 
     def pretrain_scorer(self) -> list[float]:

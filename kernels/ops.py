@@ -206,6 +206,7 @@ def atwu_head(
     beta: float = 5.0,
     saturation: str = "score",
     reward_beta: float | None = None,
+    score_scale=None,
     n_forget=None,
     n_retain=None,
     bias: torch.Tensor | None = None,
@@ -229,6 +230,10 @@ def atwu_head(
     g(1−g)·(h, 1)``::
 
         ∂J/∂w = −(1/N_F) Σ_forget r·g(1−g)·h_score,   ∂J/∂b = −(1/N_F) Σ_forget r·g(1−g)
+
+    ``score_scale`` (a constant c, default none): the model loss uses ``min(1, c·g)`` in place of
+    ``g`` (both the weight and the saturation exponent); ``scores``, the reward and the scorer
+    gradient keep the raw ``g``.
     """
     if saturation not in ("score", "raw"):
         raise ValueError(f"saturation must be 'score' or 'raw', got {saturation!r}")
@@ -246,11 +251,15 @@ def atwu_head(
     scores = scorer_scores(score_hidden2d, scorer_weight, scorer_bias)
     n_f = _population_size(n_forget, forget)
     n_r = _population_size(n_retain, retain)
+    model_scores = scores
+    if score_scale is not None:
+        scale = torch.as_tensor(score_scale, dtype=torch.float32, device=scores.device).detach().reshape(())
+        model_scores = (scores * scale).clamp(max=1.0)
 
     def coefficients(nll_chunk: torch.Tensor, rows: slice) -> torch.Tensor:
         return atwu_token_coefficients(
             nll_chunk,
-            scores[rows],
+            model_scores[rows],
             forget[rows],
             retain[rows],
             alpha=alpha,

@@ -79,8 +79,10 @@ def reference_atwu(
     logit_scale=None,
     n_forget=None,
     n_retain=None,
+    score_scale=None,
 ):
-    """Float64 ATWU loss with autograd; returns (loss, nll, g, scorer_grad_w, scorer_grad_b)."""
+    """Float64 ATWU loss with autograd; returns (loss, nll, g, scorer_grad_w, scorer_grad_b).
+    ``score_scale`` c: the model loss uses min(1, c·g), the reward and scorer gradient the raw g."""
     nll = reference_nll(hidden, weight, labels, bias, softcap, logit_scale).reshape(-1)
     valid = labels.reshape(-1) != IGNORE
     forget = is_forget.reshape(-1) & valid
@@ -93,8 +95,9 @@ def reference_atwu(
     n_f = forget.sum().double().clamp_min(1) if n_forget is None else torch.tensor(float(n_forget), dtype=torch.float64)
     n_r = retain.sum().double().clamp_min(1) if n_retain is None else torch.tensor(float(n_retain), dtype=torch.float64)
     p = torch.exp(-nll.detach())
-    sat = p ** (beta * g) if saturation == "score" else p**beta
-    loss = alpha * (nll * retain).sum() / n_r - gamma * (g * sat * nll * forget).sum() / n_f
+    gm = g if score_scale is None else (g * float(score_scale)).clamp(max=1.0)
+    sat = p ** (beta * gm) if saturation == "score" else p**beta
+    loss = alpha * (nll * retain).sum() / n_r - gamma * (gm * sat * nll * forget).sum() / n_f
     rb = beta if reward_beta is None else reward_beta
     reward = (nll.detach() * torch.exp(-rb * g * nll.detach())) * forget
     scorer_obj = -(g_live * reward).sum() / n_f

@@ -94,6 +94,17 @@ def test_head_single_population(impl, forget_p):
         assert out.loss.item() < 0  # pure forget term: −γ·mean(g·p^(βg)·ℓ)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("saturation", ["score", "raw"])
+def test_head_score_scale_rescales_only_the_model_loss(impl, saturation):
+    """score_scale c: the model loss uses min(1, c·g) (c = 1.9 clips some g at 1); scores, reward and
+    the scorer gradient keep the raw g (checked against the reference inside _check_head)."""
+    out = _check_head(impl, 60, 16, 200, seed=9, score_scale=1.9, saturation=saturation, beta=0.5)
+    plain = _check_head(impl, 60, 16, 200, seed=9, saturation=saturation, beta=0.5)
+    assert torch.equal(out.scores, plain.scores) and torch.equal(out.reward, plain.reward)
+    assert not torch.allclose(out.loss, plain.loss)
+
+
 def test_head_batched_and_given_population_sizes():
     _check_head("torch", None, 16, 123, lead=(3, 9), seed=8, n_forget=50.0, n_retain=torch.tensor(21.0))
 

@@ -16,7 +16,9 @@ from atwu_fast.scorer import (
     LinearScorer,
     ScorerNorms,
     log_nll_targets,
+    mean_rescale_factor,
     pretrain_scorer,
+    rescale_to_mean,
     scorer_objective,
     scorer_reward,
 )
@@ -288,6 +290,75 @@ def test_logfit_fused_equals_unfused(tiny, schedule):
     assert runs[0][0].abs().sum() > 0
     assert torch.allclose(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-6)
     assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-4, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- score_mean_target
+
+
+def test_rescale_to_mean_sets_the_batch_mean_and_keeps_the_ranking():
+    g = torch.tensor([0.1, 0.3, 0.2, 0.6, 0.4], dtype=torch.float64)  # mean 0.32, max 0.6 <= 0.32 / 0.5
+    out = rescale_to_mean(g, 0.5)
+    assert out.mean().item() == pytest.approx(0.5, rel=1e-12)
+    assert torch.allclose(out, g * 0.5 / 0.32, rtol=1e-12)  # one constant factor: ratios and ranking kept
+    assert torch.equal(out.argsort(), g.argsort())
+    assert torch.allclose(rescale_to_mean(g * 3 / 2, 0.5), out, rtol=1e-12)  # independent of the scorer's level
+
+
+def test_rescale_to_mean_clips_at_one():
+    g = torch.tensor([0.05, 0.05, 0.05, 0.9])  # mean 0.2625: c = 0.5 / 0.2625 sends 0.9 above 1
+    out = rescale_to_mean(g, 0.5)
+    assert out.max().item() == 1.0
+    assert torch.allclose(out[:3], g[:3] * 0.5 / 0.2625)
+    assert out.mean().item() < 0.5  # the clip can only lower the mean
+    assert not out.requires_grad
+
+
+def test_rescale_to_mean_uses_the_global_mean_with_all_reduce():
+    g = torch.rand(11, generator=torch.Generator().manual_seed(3))
+    a, b = g[:4], g[4:]
+    ra = rescale_to_mean(a, 0.4, len(g), lambda t: t + b.sum())
+    rb = rescale_to_mean(b, 0.4, len(g), lambda t: t + a.sum())
+    assert torch.allclose(torch.cat([ra, rb]), rescale_to_mean(g, 0.4), atol=1e-7)
+    assert mean_rescale_factor(a, 0.4, len(g), lambda t: t + b.sum()).item() == pytest.approx(0.4 / g.mean().item())
+
+
+def test_score_mean_target_defaults_off_and_is_validated():
+    assert ATWUParams().score_mean_target is None
+    ATWUParams(score_mean_target=0.5).validate()
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="score_mean_target"):
+            ATWUParams(score_mean_target=bad).validate()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_score_mean_target_sets_the_model_step_scores(tiny, fused):
+    """A frozen scorer at g ≡ 0.25 rescaled to mean 0.5 trains the model exactly like g ≡ 0.5, and
+    unlike g ≡ 0.25 without the rescale; the logged score_mean is the scorer's raw g."""
+    runs = {}
+    for name, init, target in (("rescaled", 0.25, 0.5), ("half", 0.5, None), ("quarter", 0.25, None)):
+        params = ATWUParams(schedule="frozen", init_score=init, score_mean_target=target)
+        result = make(tiny, "atwu", params, fused_head=fused).run()
+        runs[name] = result
+    rescaled, half, quarter = runs["rescaled"], runs["half"], runs["quarter"]
+    assert [h["loss"] for h in rescaled.history] == pytest.approx([h["loss"] for h in half.history], rel=1e-5)
+    assert [h["loss"] for h in rescaled.history] != pytest.approx([h["loss"] for h in quarter.history], rel=1e-5)
+    assert all(h["score_mean"] == pytest.approx(0.25) for h in rescaled.history)
+
+
+@pytest.mark.parametrize("schedule", ["alternating", "joint"])
+def test_score_mean_target_fused_equals_unfused(tiny, schedule):
+    params = dataclasses.replace(variant_params("atwu_logfit", ATWUParams()), schedule=schedule, pretrain_steps=3,
+                                 score_mean_target=0.4)
+    runs = []
+    for fused in (True, False):
+        unlearner = make(tiny, "atwu", params, fused_head=fused, steps=4)
+        result = unlearner.run()
+        runs.append((result.scorer.weight.detach().clone(), [h["loss"] for h in result.history],
+                     [p.detach().clone() for p in unlearner.model.parameters()]))
+    assert runs[0][0].abs().sum() > 0
+    assert torch.allclose(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-6)
+    assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-4, abs=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(runs[0][2], runs[1][2]))
 
 
 def test_variants_name_the_settings_they_override():

@@ -7,6 +7,7 @@ resumed run keeps the methods that had finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -345,6 +346,8 @@ def run_real(cfg: ExperimentConfig) -> int:
                 return 3  # every rank sees the same global loss
             if ctx.is_main:
                 shutil.rmtree(out_dir / "checkpoints" / name, ignore_errors=True)
+                with contextlib.suppress(OSError):  # the checkpoints folder itself, once no method has one
+                    (out_dir / "checkpoints").rmdir()
     if not ctx.is_main:
         shutdown(ctx)
         return 0

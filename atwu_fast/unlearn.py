@@ -7,6 +7,7 @@ cached), ATWU unlearning, and the evaluation table.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -138,6 +139,8 @@ def run_method(name: str, cfg: ExperimentConfig, bench: Benchmark, retain_r: np.
 
     atomic_dir(out_dir / name, save)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the checkpoints folder itself, once no method has one
+        checkpoint_dir.parent.rmdir()
     return metrics
 
 

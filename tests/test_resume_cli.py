@@ -52,7 +52,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
                        load_file(str(out / "atwu" / "scorer.safetensors"))["weight"])
     history = json.loads((out / "atwu" / "history.json").read_text())
     assert [h["step"] for h in history["steps"]] == list(range(1, 301))
-    assert not (out / "checkpoints" / "atwu").exists()  # cleaned up once the method finished
+    assert not (out / "checkpoints").exists()  # cleaned up once the method finished
 
 
 def test_resume_without_a_run_is_a_clean_error(tmp_path, capsys):

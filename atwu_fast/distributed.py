@@ -134,8 +134,7 @@ def wrap(model: nn.Module, ctx: DistContext, engine: str = "ddp") -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        on_cuda = next(model.parameters()).is_cuda or dist.get_backend() == "nccl"
-        mesh = init_device_mesh("cuda" if on_cuda else "cpu", (ctx.world,))
+        mesh = init_device_mesh(next(model.parameters()).device.type, (ctx.world,))
         for unit in shard_units(model):
             fully_shard(unit, mesh=mesh)
         fully_shard(step, mesh=mesh)
@@ -255,6 +254,22 @@ def map_batches(model: nn.Module, items: list, batch_size: int, fn: Callable[[nn
     gathered: list = [None] * ctx.world
     dist.all_gather_object(gathered, results)
     return [r for part in gathered for r in part]
+
+
+def split_rows(seq: torch.Tensor, n: int, *columns: torch.Tensor | None) -> list[tuple]:
+    """Token-level ``columns`` cut into ``n`` per-row tuples on the CPU (``seq``: each token's row;
+    a None column stays None) — the per-item results :func:`map_batches` gathers."""
+    seq = seq.cpu()
+    columns = tuple(None if c is None else c.detach().cpu() for c in columns)
+    return [tuple(None if c is None else c[seq == i] for c in columns) for i in range(n)]
+
+
+def join_rows(rows: list[tuple]) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+    """Inverse of :func:`split_rows` over all rows: each column concatenated row-major (None if any
+    row's is None), and each token's row index."""
+    columns = [None if any(c is None for c in col) else torch.cat(col) for col in zip(*rows)]
+    seq = torch.cat([torch.full((len(r[0]),), i, dtype=torch.long) for i, r in enumerate(rows)])
+    return columns, seq
 
 
 def generation_kwargs(model: nn.Module) -> dict:

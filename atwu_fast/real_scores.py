@@ -20,7 +20,7 @@ def forget_token_scores(model, encoded: list[dict], pad_id: int, batch_size: int
     ``weights`` = ``weigh(view)`` per batch (None without ``weigh`` or when it returns None); ``view``
     has ``nll`` and ``hidden(position)`` like :class:`~atwu_fast.eval.synthetic.ForgetTokens`."""
     from .data import collate
-    from .distributed import map_batches
+    from .distributed import join_rows, map_batches, split_rows
     from .model import answer_tokens, last_hidden, token_nll
 
     def batch_scores(m, part: list[dict]) -> list[tuple]:
@@ -33,19 +33,15 @@ def forget_token_scores(model, encoded: list[dict], pad_id: int, batch_size: int
             view = SimpleNamespace(nll=batch_nll,
                                    hidden=lambda pos, t=tokens: t.hidden_token if pos == "token" else t.hidden_pred)
             w = weigh(view)
-        seq = tokens.seq.cpu()
-        cols = [batch_nll.float().cpu(), batch["span_kind"][tokens.seq, tokens.position].cpu(),
-                None if w is None else w.float().cpu()]
-        return [tuple(None if c is None else c[seq == i] for c in cols) for i in range(len(part))]
+        kinds = batch["span_kind"][tokens.seq, tokens.position]
+        return split_rows(tokens.seq, len(part), batch_nll.float(), kinds, None if w is None else w.float())
 
     rows = map_batches(model, encoded, batch_size, batch_scores)
     if not rows:
         empty = torch.zeros(0)
         return SimpleNamespace(seq=empty.long(), nll=empty, span_kind=empty.long(), weights=None)
-    seq = torch.cat([torch.full((len(r[0]),), i, dtype=torch.long) for i, r in enumerate(rows)])
-    has_weights = all(r[2] is not None for r in rows)
-    return SimpleNamespace(seq=seq, nll=torch.cat([r[0] for r in rows]), span_kind=torch.cat([r[1] for r in rows]),
-                           weights=torch.cat([r[2] for r in rows]) if has_weights else None)
+    (nll, kinds, weights), seq = join_rows(rows)
+    return SimpleNamespace(seq=seq, nll=nll, span_kind=kinds, weights=weights)
 
 
 def save_token_scores(path: Path, method, tokenizer, rows: list[dict], encoded: list[dict], final: SimpleNamespace,

@@ -16,7 +16,7 @@ import torch
 
 from .. import progress
 from ..data import collate, encode_prompt, encode_qa
-from ..distributed import generation_kwargs, map_batches
+from ..distributed import generation_kwargs, join_rows, map_batches, split_rows
 from ..methods.base import sequence_lengths, sequence_sum
 from ..model import answer_tokens, greedy_generate, last_hidden, token_nll
 from . import metrics
@@ -150,13 +150,11 @@ def forget_tokens(model, encoded_forget: list[dict], pad_id: int, batch_size: in
         batch = collate(part, pad_id=pad_id)
         tokens = answer_tokens(last_hidden(m, batch["input_ids"], batch["attention_mask"]), batch["labels"])
         kinds = batch["span_kind"][tokens.seq, tokens.position]
-        cols = [t.cpu() for t in (tokens.hidden_token, tokens.hidden_pred, token_nll(m, tokens), kinds)]
-        return [tuple(c[tokens.seq.cpu() == i] for c in cols) for i in range(len(part))]
+        return split_rows(tokens.seq, len(part), tokens.hidden_token, tokens.hidden_pred, token_nll(m, tokens), kinds)
 
-    rows = map_batches(model, encoded_forget, batch_size, batch_tokens,
-                       lambda n, b: progress.batch_starts(n, b, "forget tokens"))
-    seq = torch.cat([torch.full((len(r[2]),), i, dtype=torch.long) for i, r in enumerate(rows)])
-    return ForgetTokens(*(torch.cat(c) for c in zip(*rows)), seq)
+    columns, seq = join_rows(map_batches(model, encoded_forget, batch_size, batch_tokens,
+                                         lambda n, b: progress.batch_starts(n, b, "forget tokens")))
+    return ForgetTokens(*columns, seq)
 
 
 def span_alignment(weights: torch.Tensor, span_kind: torch.Tensor) -> dict:

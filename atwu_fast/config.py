@@ -356,7 +356,7 @@ class BenchmarkConfig:
 
 # --------------------------------------------------------------------------- experiment
 
-METHOD_NAMES = ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen", "atwu_oracle", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
+METHOD_NAMES = ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen", "atwu_oracle", "atwu_oracle_facts", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
 
 
 @dataclass

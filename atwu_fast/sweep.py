@@ -45,6 +45,7 @@ class Grid:
     variants: dict[str, dict] = field(default_factory=lambda: {"default": {}})
     base: dict = field(default_factory=lambda: dict(QUICK))
     doc: str = ""
+    baseline: str | None = None  # a method label: add per-seed paired differences against it
 
 
 CONTROLS = [
@@ -152,6 +153,13 @@ GRIDS: dict[str, Grid] = {
                                  "faithful ATWU's measured mean score (0.44)"),
     "logfit_ablations": Grid(LOGFIT_ABLATIONS, lrs=[1e-3], seeds=[0],
                              doc="one-change ablations of atwu_logfit, default generator, lr 1e-3"),
+    "paired": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_logfit", "atwu_logfit", {}),
+                    ("atwu_frozen (g=0.5)", "atwu_frozen", {}), ("atwu_oracle (unique spans)", "atwu_oracle", {}),
+                    ("atwu_oracle_facts (all fact spans)", "atwu_oracle_facts", {})],
+                   lrs=[1e-3, 3e-3, 5e-3, 7e-3, 1e-2], seeds=list(range(8)), baseline="atwu_faithful",
+                   doc="atwu_logfit, the frozen control and two hard-mask oracles vs faithful ATWU, paired per "
+                       "seed: 8 model/data seeds (0-7) at five learning rates, the test of 'unlearns at least as "
+                       "well'"),
     "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
                   lrs=[1e-3], seeds=[0], base={**QUICK, "train.steps": 3},
                   doc="a seconds-long check of the machinery"),
@@ -186,7 +194,16 @@ def load_runs(path: Path) -> dict[str, dict]:
     return runs
 
 
-def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int, log=print) -> dict[str, dict]:
+def shard_pairs(grid: Grid, shard: tuple[int, int]) -> list[tuple[str, dict, int]]:
+    """The (variant, overrides, seed) pairs shard ``(k, n)`` runs: every n-th from the k-th."""
+    pairs = [(v, over, seed) for v, over in grid.variants.items() for seed in grid.seeds]
+    return pairs[shard[0]::shard[1]]
+
+
+def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int, log=print,
+             shard: tuple[int, int] = (0, 1)) -> dict[str, dict]:
+    """Run the grid's missing runs; with ``shard=(k, n)`` only every n-th (variant, seed) pair from
+    the k-th on, so n processes can share one output directory (appends are single short lines)."""
     from .embedded import prepare
     from .unlearn import quiet_libraries, reference_rows, run_method
 
@@ -198,33 +215,32 @@ def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int,
     runs = load_runs(runs_path)
     scratch = Path(tempfile.mkdtemp(prefix="atwu-sweep-"))
     try:
-        for variant, variant_over in grid.variants.items():
-            for seed in grid.seeds:
-                todo = [(lr, m) for lr in grid.lrs for m in grid.methods
-                        if run_key(variant, seed, lr, m[0]) not in runs]
-                ref_key = run_key(variant, seed, 0.0, "__reference__")
-                if not todo and ref_key in runs:
-                    continue
-                base = {**grid.base, **variant_over, **seed_overrides(seed), "cache_dir": cache_dir}
-                cfg = merge(ExperimentConfig(), dotted_to_nested(base), where=f"grid {name}")
-                bench = prepare(cfg, lambda m: log(f"  {m}"))
-                reference, retain_r = split_reference(reference_rows(cfg, bench, log))
-                if ref_key not in runs:
-                    runs[ref_key] = append(runs_path, {"key": ref_key, "variant": variant, "seed": seed, "lr": 0.0,
-                                                       "label": "__reference__", "reference": reference})
-                for lr, (label, method, over) in todo:
-                    run_cfg = merge(cfg, dotted_to_nested({**over, "train.lr": lr}), where=label)
-                    t0 = time.perf_counter()
-                    run_dir = scratch / f"run{len(runs)}"
-                    metrics = run_method(method, run_cfg, bench, retain_r, run_dir, lambda m: None)
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                    key = run_key(variant, seed, lr, label)
-                    runs[key] = append(runs_path, {"key": key, "variant": variant, "seed": seed, "lr": lr,
-                                                   "label": label, "method": method, "overrides": over,
-                                                   "metrics": metrics})
-                    log(f"{variant} seed {seed} lr {lr:g} {label}: FQ {metrics['forget_quality']:.2e} "
-                        f"MU {metrics['model_utility']:.3f} AUROC end {fmt(metrics.get('span_auroc'))} "
-                        f"avg {fmt(metrics.get('span_auroc_avg'))}  ({time.perf_counter() - t0:.0f}s)")
+        for variant, variant_over, seed in shard_pairs(grid, shard):
+            todo = [(lr, m) for lr in grid.lrs for m in grid.methods
+                    if run_key(variant, seed, lr, m[0]) not in runs]
+            ref_key = run_key(variant, seed, 0.0, "__reference__")
+            if not todo and ref_key in runs:
+                continue
+            base = {**grid.base, **variant_over, **seed_overrides(seed), "cache_dir": cache_dir}
+            cfg = merge(ExperimentConfig(), dotted_to_nested(base), where=f"grid {name}")
+            bench = prepare(cfg, lambda m: log(f"  {m}"))
+            reference, retain_r = split_reference(reference_rows(cfg, bench, log))
+            if ref_key not in runs:
+                runs[ref_key] = append(runs_path, {"key": ref_key, "variant": variant, "seed": seed, "lr": 0.0,
+                                                   "label": "__reference__", "reference": reference})
+            for lr, (label, method, over) in todo:
+                run_cfg = merge(cfg, dotted_to_nested({**over, "train.lr": lr}), where=label)
+                t0 = time.perf_counter()
+                run_dir = scratch / f"run{len(runs)}"
+                metrics = run_method(method, run_cfg, bench, retain_r, run_dir, lambda m: None)
+                shutil.rmtree(run_dir, ignore_errors=True)
+                key = run_key(variant, seed, lr, label)
+                runs[key] = append(runs_path, {"key": key, "variant": variant, "seed": seed, "lr": lr,
+                                               "label": label, "method": method, "overrides": over,
+                                               "metrics": metrics})
+                log(f"{variant} seed {seed} lr {lr:g} {label}: FQ {metrics['forget_quality']:.2e} "
+                    f"MU {metrics['model_utility']:.3f} AUROC end {fmt(metrics.get('span_auroc'))} "
+                    f"avg {fmt(metrics.get('span_auroc_avg'))}  ({time.perf_counter() - t0:.0f}s)")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return runs
@@ -315,6 +331,118 @@ def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_deltas(base: list, other: list) -> tuple[float, float, float, int] | None:
+    """Mean, sample std and 95 % t-interval half-width of the per-seed differences other − base,
+    and how many are ≥ 0 (``None`` with fewer than two complete pairs)."""
+    from scipy import stats
+
+    deltas = [o - b for b, o in zip(base, other) if b is not None and o is not None]
+    if len(deltas) < 2:
+        return None
+    std = float(np.std(deltas, ddof=1))
+    half = float(stats.t.ppf(0.975, len(deltas) - 1)) * std / math.sqrt(len(deltas))
+    return float(np.mean(deltas)), std, half, sum(d >= 0 for d in deltas)
+
+
+PAIRED_COLUMNS = METRIC_COLUMNS[:2]  # log10 FQ and MU: the unlearning outcome
+
+
+def paired_tables(grid: Grid, runs: dict[str, dict]) -> str:
+    """Per learning rate, each method minus ``grid.baseline`` on the same seed (same data, models and
+    batch order): mean ± std, the 95 % confidence interval of the mean, and the seeds with Δ ≥ 0."""
+    if grid.baseline is None:
+        return ""
+    lines = [f"## Paired differences vs `{grid.baseline}` (same seed; higher is better)", "",
+             "Δ = method − baseline per seed; CI = mean ± t(0.975, n−1)·std/√n; '≥ 0' counts the seeds where "
+             "the method is at least as good.", ""]
+    for variant in grid.variants:
+        lines += [f"### Variant `{variant}`", "", "| lr | method | n | " +
+                  " | ".join(f"Δ {c} | CI {c} | ≥ 0" for c, _ in PAIRED_COLUMNS) + " |",
+                  "|---|---|---|" + "---|---|---|" * len(PAIRED_COLUMNS)]
+        for lr in grid.lrs:
+            base_rows = [runs.get(run_key(variant, s, lr, grid.baseline)) for s in grid.seeds]
+            for label, _, _ in grid.methods:
+                if label == grid.baseline:
+                    continue
+                rows = [runs.get(run_key(variant, s, lr, label)) for s in grid.seeds]
+                pairs = [(b["metrics"], r["metrics"]) for b, r in zip(base_rows, rows) if b and r]
+                cells = []
+                for _, f in PAIRED_COLUMNS:
+                    d = paired_deltas([f(b) for b, _ in pairs], [f(r) for _, r in pairs])
+                    cells += (["-", "-", "-"] if d is None else
+                              [f"{d[0]:+.3f} ± {d[1]:.3f}", f"[{d[0] - d[2]:+.3f}, {d[0] + d[2]:+.3f}]",
+                               f"{d[3]}/{len(pairs)}"])
+                lines.append(f"| {lr:g} | {label} | {len(pairs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+FRONTIER_LEVELS = (-12.0, -10.0, -8.0, -6.0, -4.0, -3.0, -2.0)  # log10 forget quality
+
+
+def frontier_mu(points: list[tuple[float, float]], level: float) -> float | None:
+    """The best model utility reached at forget quality ≥ ``level`` along one method's runs.
+
+    ``points`` are (log10 FQ, MU), one per learning rate in increasing lr order; consecutive runs
+    are joined by straight segments (what lrs in between would give, to first order). On each
+    segment the part with log10 FQ ≥ level is an interval, and MU is linear on it, so its best MU is
+    at an end: a run that reaches the level, or the point where the segment crosses it. ``None``
+    if no run reaches the level (the method cannot forget that much within the lr range).
+    """
+    best = None
+    for i, (fq, mu) in enumerate(points):
+        if fq >= level:
+            best = mu if best is None else max(best, mu)
+        if i + 1 < len(points):
+            fq2, mu2 = points[i + 1]
+            if (fq - level) * (fq2 - level) < 0:
+                cross = mu + (mu2 - mu) * (level - fq) / (fq2 - fq)
+                best = cross if best is None else max(best, cross)
+    return best
+
+
+def frontier_tables(grid: Grid, runs: dict[str, dict]) -> str:
+    """Model utility at equal forget quality: per seed, each method's best MU at log10 FQ ≥ level
+    (:func:`frontier_mu` over its learning rates), paired against ``grid.baseline`` on that seed.
+    This compares the forget-quality/utility trade-off itself, not runs at one lr."""
+    if grid.baseline is None or len(grid.lrs) < 2:
+        return ""
+    lines = [f"## Utility at equal forget quality vs `{grid.baseline}` (paired per seed)", "",
+             "Per seed and method: the best MU over runs with log10 FQ ≥ level, consecutive learning rates "
+             "joined linearly; Δ = method − baseline on the same seed, only where both reach the level.", ""]
+    levels = " | ".join(f"{lv:g}" for lv in FRONTIER_LEVELS)
+    for variant in grid.variants:
+        lines += [f"### Variant `{variant}`", "", f"| method \\ log10 FQ ≥ | {levels} |",
+                  "|---|" + "---|" * len(FRONTIER_LEVELS)]
+
+        def curve(label, seed):
+            rows = [runs.get(run_key(variant, seed, lr, label)) for lr in sorted(grid.lrs)]
+            if not all(rows):
+                return None
+            return [(log10(r["metrics"]["forget_quality"]), r["metrics"]["model_utility"]) for r in rows]
+
+        for label, _, _ in grid.methods:
+            if label == grid.baseline:
+                continue
+            cells = []
+            for level in FRONTIER_LEVELS:
+                base, other = [], []
+                for seed in grid.seeds:
+                    b, o = curve(grid.baseline, seed), curve(label, seed)
+                    if b is None or o is None:
+                        continue
+                    b, o = frontier_mu(b, level), frontier_mu(o, level)
+                    if b is not None and o is not None:
+                        base.append(b)
+                        other.append(o)
+                d = paired_deltas(base, other)
+                cells.append("-" if d is None else
+                             f"{d[0]:+.3f} [{d[0] - d[2]:+.3f}, {d[0] + d[2]:+.3f}] {d[3]}/{len(base)}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m atwu_fast.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("grids", nargs="*", help=f"grid names ({', '.join(GRIDS)}); 'all' for every grid but smoke")
@@ -322,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tables-only", action="store_true", help="rebuild the tables from runs.jsonl")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="run only every N-th (variant, seed) pair from the K-th (start N processes "
+                             "K = 0..N-1 on one output dir; then rebuild the tables with --tables-only)")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args(argv)
     if args.list or not args.grids:
@@ -334,12 +465,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown grid(s) {unknown}; choose from {', '.join(GRIDS)}", file=sys.stderr)
         return 2
+    try:
+        k, n = (int(x) for x in args.shard.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        print(f"error: --shard must be K/N with 0 <= K < N, got {args.shard!r}", file=sys.stderr)
+        return 2
     for name in names:
         out = Path(args.output_dir) / name
         grid = GRIDS[name]
-        runs = load_runs(out / "runs.jsonl") if args.tables_only else run_grid(
-            name, grid, out, args.cache_dir, args.threads, lambda m: print(m, flush=True))
-        text = tables(name, grid, runs)
+        if not args.tables_only:
+            run_grid(name, grid, out, args.cache_dir, args.threads, lambda m: print(m, flush=True), (k, n))
+        runs = load_runs(out / "runs.jsonl")  # every shard's rows
+        text = "\n".join([tables(name, grid, runs), paired_tables(grid, runs), frontier_tables(grid, runs)])
         (out / f"{name}.md").write_text(text + "\n")
         print(f"tables written to {out / (name + '.md')}")
     return 0

@@ -35,10 +35,13 @@ def reference_loss(name, q, lengths, params):
         w = [math.exp(-x) ** params.beta for x in f]
     elif name == "satimp":
         w = [math.exp(-x) ** params.beta1 * (1 - math.exp(-x)) ** params.beta2 for x in f]
-    elif name in ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen", "atwu_oracle"):
+    elif name in ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen", "atwu_oracle",
+                  "atwu_oracle_facts"):
         g = q.forget_scores.tolist()
         if name == "atwu_oracle":  # hard 0/1 mask of author-unique span tokens
             g = [1.0 if k == 2 else 0.0 for k in q.forget_span_kind.tolist()]
+        if name == "atwu_oracle_facts":  # hard 0/1 mask of every fact token (pooled 1 or unique 2)
+            g = [1.0 if k in (1, 2) else 0.0 for k in q.forget_span_kind.tolist()]
         if params.saturation == "score":
             w = [gi * math.exp(-x) ** (params.beta * gi) for gi, x in zip(g, f)]
         else:
@@ -81,6 +84,7 @@ PARAMS = {
     "atwu_logfit": ATWUParams(alpha=1.1, gamma=0.7, beta=3.0, lambda_fit=1.0, lambda_reward=0.0),
     "atwu_frozen": ATWUParams(saturation="raw", beta=3.0),
     "atwu_oracle": ATWUParams(beta=2.0, alpha=0.5),
+    "atwu_oracle_facts": ATWUParams(beta=2.5, alpha=0.7, saturation="raw"),
 }
 
 

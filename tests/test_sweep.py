@@ -74,3 +74,63 @@ def test_logfit_ablation_base_is_the_atwu_logfit_variant():
     assert variant_params("atwu", cfg.atwu) == variant_params("atwu_logfit", ExperimentConfig().atwu)
     for label, method, over in sweep.LOGFIT_ABLATIONS[2:]:
         assert method == "atwu" and over != sweep.LOGFIT, label
+
+
+def test_paired_tables_difference_each_seed_against_the_baseline():
+    """Δ is per seed (method − baseline on the same seed), its CI a t-interval, '≥ 0' a count."""
+    grid = sweep.Grid([("base", "atwu", {}), ("new", "atwu", {})], lrs=[1e-2], seeds=[0, 1, 2], baseline="base")
+    runs = {}
+    # baseline MU differs a lot between seeds; the method is exactly 0.01 / 0.02 / 0.03 above it
+    for seed, (mu_b, fq_b) in enumerate(((0.5, 1e-2), (0.7, 1e-3), (0.6, 1e-2))):
+        runs[sweep.run_key("default", seed, 1e-2, "base")] = {"metrics": {"model_utility": mu_b,
+                                                                          "forget_quality": fq_b}}
+        runs[sweep.run_key("default", seed, 1e-2, "new")] = {"metrics": {"model_utility": mu_b + 0.01 * (seed + 1),
+                                                                         "forget_quality": fq_b / 10}}
+    mean, std, half, nonneg = sweep.paired_deltas([0.5, 0.7, 0.6], [0.51, 0.72, 0.63])
+    assert mean == pytest.approx(0.02) and std == pytest.approx(0.01) and nonneg == 3
+    assert half == pytest.approx(4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)
+    text = sweep.paired_tables(grid, runs)
+    row = next(line for line in text.splitlines() if line.startswith("| 0.01 | new |"))
+    assert "| -1.000 ± 0.000 |" in row and "| 0/3 |" in row  # FQ one decade worse on every seed
+    assert "| +0.020 ± 0.010 | [-0.005, +0.045] | 3/3 |" in row
+    assert sweep.paired_deltas([0.5], [0.6]) is None
+    assert sweep.paired_tables(sweep.Grid([("a", "atwu", {})], lrs=[1e-3], seeds=[0]), {}) == ""
+
+
+def test_shards_partition_the_seed_pairs():
+    grid = sweep.GRIDS["robustness"]
+    everything = sweep.shard_pairs(grid, (0, 1))
+    parts = [sweep.shard_pairs(grid, (k, 4)) for k in range(4)]
+    assert sorted(map(repr, sum(parts, []))) == sorted(map(repr, everything))
+    assert all(parts) and len(everything) == len(grid.variants) * len(grid.seeds)
+    assert sweep.main(["smoke", "--shard", "2/2"]) == 2 and sweep.main(["smoke", "--shard", "x"]) == 2
+
+
+def test_frontier_mu_is_the_best_utility_at_or_above_a_forget_quality():
+    # (log10 FQ, MU) per lr, increasing lr: forgetting rises, utility falls, FQ not monotone at the end
+    pts = [(-12.0, 0.86), (-8.0, 0.83), (-4.0, 0.65), (-2.0, 0.53), (-3.0, 0.40)]
+    assert sweep.frontier_mu(pts, -12.0) == pytest.approx(0.86)
+    assert sweep.frontier_mu(pts, -10.0) == pytest.approx(0.845)  # halfway along the first segment
+    assert sweep.frontier_mu(pts, -4.0) == pytest.approx(0.65)
+    assert sweep.frontier_mu(pts, -3.0) == pytest.approx(0.59)  # crossing of (-4, .65)-(-2, .53), not the last run
+    assert sweep.frontier_mu(pts, -2.5) == pytest.approx(0.56)
+    assert sweep.frontier_mu(pts, -1.0) is None  # never forgets that much
+    assert sweep.frontier_mu([(-5.0, 0.7)], -6.0) == 0.7
+
+
+def test_frontier_tables_pair_methods_at_equal_forget_quality():
+    grid = sweep.Grid([("base", "atwu", {}), ("new", "atwu", {})], lrs=[1e-3, 1e-2], seeds=[0, 1], baseline="base")
+    runs = {}
+    for seed in (0, 1):
+        for lr, (fq, mu) in ((1e-3, (1e-12, 0.86)), (1e-2, (1e-2, 0.50))):
+            runs[sweep.run_key("default", seed, lr, "base")] = {"metrics": {"forget_quality": fq, "model_utility": mu}}
+            # the new method: the same utilities, but one decade more forgetting at each lr
+            runs[sweep.run_key("default", seed, lr, "new")] = {"metrics": {"forget_quality": fq * 10,
+                                                                            "model_utility": mu}}
+    row = next(line for line in sweep.frontier_tables(grid, runs).splitlines() if line.startswith("| new |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    levels = list(sweep.FRONTIER_LEVELS)
+    # at log10 FQ >= -4 the baseline's best MU is 0.86 - 0.36*8/10 = 0.572, the new one's 0.86 - 0.36*7/10 = 0.608
+    assert cells[levels.index(-4.0)].startswith("+0.036 [")
+    assert cells[levels.index(-12.0)].startswith("+0.000 [") and cells[levels.index(-12.0)].endswith("2/2")
+    assert cells[levels.index(-2.0)].startswith("+0.036 [")  # new reaches -2 inside the range, base only at its end

@@ -9,6 +9,7 @@ from .atwu import (
     ATWU_LOGFIT,
     ATWU_NLL,
     ATWU_ORACLE,
+    ATWU_ORACLE_FACTS,
     atwu_forget_weights,
     ignored_settings,
     variant_params,
@@ -18,7 +19,7 @@ from .gradient_ascent import GRAD_ASCENT, GRAD_DIFF
 from .npo import NPO, SIMNPO
 from .token_weighted import SATIMP, WGA, satimp_weights, wga_weights
 
-METHODS: dict[str, Method] = {m.name: m for m in (ATWU, ATWU_FAITHFUL, ATWU_NLL, ATWU_LOGFIT, ATWU_FROZEN, ATWU_ORACLE, GRAD_ASCENT, GRAD_DIFF, NPO, SIMNPO, WGA, SATIMP)}
+METHODS: dict[str, Method] = {m.name: m for m in (ATWU, ATWU_FAITHFUL, ATWU_NLL, ATWU_LOGFIT, ATWU_FROZEN, ATWU_ORACLE, ATWU_ORACLE_FACTS, GRAD_ASCENT, GRAD_DIFF, NPO, SIMNPO, WGA, SATIMP)}
 
 
 def get_method(name: str) -> Method:

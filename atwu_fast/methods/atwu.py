@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 
-from .base import UNIQUE_SPAN, Method, TokenQuantities, weighted_ascent
+from .base import POOLED_SPAN, UNIQUE_SPAN, Method, TokenQuantities, weighted_ascent
 
 
 def atwu_forget_weights(nll: torch.Tensor, scores: torch.Tensor, beta: float, saturation: str) -> torch.Tensor:
@@ -30,13 +30,20 @@ def atwu_loss(q: TokenQuantities, params):
     return weighted_ascent(q, atwu_forget_weights(q.forget_nll, q.forget_scores, params.beta, params.saturation))
 
 
-def atwu_oracle_loss(q: TokenQuantities, params):
-    """The hard-mask control: ATWU's saturated loss with g fixed to 1 on ground-truth
-    author-unique span tokens and 0 elsewhere."""
-    if q.forget_span_kind is None:
-        raise ValueError("atwu_oracle needs ground-truth spans")
-    mask = (q.forget_span_kind == UNIQUE_SPAN).to(q.forget_nll.dtype)
-    return weighted_ascent(q, atwu_forget_weights(q.forget_nll, mask, params.beta, params.saturation))
+def oracle_mask_loss(min_kind: int, name: str):
+    """A hard-mask control: ATWU's saturated loss with g = 1 on ground-truth span tokens of kind
+    ≥ ``min_kind`` and 0 elsewhere."""
+    def loss(q: TokenQuantities, params):
+        if q.forget_span_kind is None:
+            raise ValueError(f"{name} needs ground-truth spans")
+        mask = (q.forget_span_kind >= min_kind).to(q.forget_nll.dtype)
+        return weighted_ascent(q, atwu_forget_weights(q.forget_nll, mask, params.beta, params.saturation))
+    return loss
+
+
+# author-unique spans only (the "forget-specific" tokens), or every fact value (pooled ones too)
+atwu_oracle_loss = oracle_mask_loss(UNIQUE_SPAN, "atwu_oracle")
+atwu_oracle_facts_loss = oracle_mask_loss(POOLED_SPAN, "atwu_oracle_facts")
 
 
 # The ATWU variants share the ``atwu`` config section; each fixes the fields below on top of it
@@ -59,6 +66,7 @@ VARIANTS: dict[str, dict] = {
     "atwu_logfit": LOG_FIT,
     "atwu_frozen": {"schedule": "frozen", "pretrain_steps": 0},  # g ≡ init_score (0.5) throughout
     "atwu_oracle": {},
+    "atwu_oracle_facts": {},
 }
 
 
@@ -81,3 +89,4 @@ ATWU_NLL = Method("atwu_nll", "atwu", atwu_loss, needs_scorer=True)
 ATWU_LOGFIT = Method("atwu_logfit", "atwu", atwu_loss, needs_scorer=True)
 ATWU_FROZEN = Method("atwu_frozen", "atwu", atwu_loss, needs_scorer=True)
 ATWU_ORACLE = Method("atwu_oracle", "atwu", atwu_oracle_loss)
+ATWU_ORACLE_FACTS = Method("atwu_oracle_facts", "atwu", atwu_oracle_facts_loss)

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 Count = Union[Tensor, float]
-UNIQUE_SPAN = 2  # span_kind code of author-unique fact tokens (see data.encode)
+POOLED_SPAN = 1  # span_kind code of fact tokens whose value is shared with retain authors (see data.encode)
+UNIQUE_SPAN = 2  # span_kind code of author-unique fact tokens
 
 
 @dataclass

@@ -361,7 +361,9 @@ METHOD_NAMES = ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen
 
 @dataclass
 class ExperimentConfig:
-    method: str = _h("unlearning method (" + ", ".join(METHOD_NAMES) + ")", "atwu")
+    method: str = _h("unlearning method (" + ", ".join(METHOD_NAMES) + "); the default atwu_logfit is ATWU with "
+                     "the log-loss-fit scorer (docs/scorer_study.md), atwu the atwu section as given (ATWU.md)",
+                     "atwu_logfit")
     methods: list[str] = _h("run several methods on the same target ('all' for every method); "
                             "overrides --method", factory=list)
     output_dir: str = _h("where results are written (default: runs/<method>-<time>)", "")

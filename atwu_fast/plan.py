@@ -89,6 +89,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .config import ExperimentConfig
 from .lora import DEFAULT_TARGETS
 from .optim import OPTIMIZERS, state_bytes_per_param
 
@@ -102,7 +103,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 @dataclass
 class PlanInput:
     model: str
-    method: str = "atwu"
+    method: str = ExperimentConfig.method  # the unlearning CLI's default method
     lora_rank: int = 0
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     optim: str = "adamw"
@@ -355,7 +356,7 @@ def format_plan(p: Plan) -> str:
 def parse_args(argv=None) -> tuple[PlanInput, bool]:
     ap = argparse.ArgumentParser(prog="python -m atwu_fast.plan", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="config.json path, model directory or hub id")
-    ap.add_argument("--method", default="atwu")
+    ap.add_argument("--method", default=PlanInput.method)
     ap.add_argument("--lora", type=int, default=0, metavar="RANK", help="LoRA rank (0: full fine-tuning)")
     ap.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS))
     ap.add_argument("--optim", default="adamw", choices=OPTIMIZERS)

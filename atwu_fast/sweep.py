@@ -129,7 +129,7 @@ GRIDS: dict[str, Grid] = {
                       doc="every ATWU.md ablation and the scorer-objective study, default generator, lr 1e-3"),
     "robustness": Grid(MAIN + [("atwu_logfit", "atwu_logfit", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {}),
                                ("satimp", "satimp", {})],
-                       lrs=[1e-3], seeds=[0, 1, 2],
+                       lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2], baseline="atwu_faithful",
                        variants={
                            "templates_per_fact=1": {"data.templates_per_fact": 1},
                            "unique_share=0.7": {"data.unique_share": 0.7},

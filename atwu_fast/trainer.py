@@ -279,22 +279,31 @@ class Unlearner:
 
     def pretrain_scorer(self) -> list[float]:
         """``pretrain_steps`` scorer steps on the (not yet unlearned) model: every forget row and the
-        first ``pretrain_retain_rows`` retain rows, one no-grad forward, cached and detached."""
+        first ``pretrain_retain_rows`` retain rows, no-grad forwards of micro-batch size (only the
+        score-position hidden rows and NLL of the answer tokens are kept), cached and detached."""
         retain_rows = self.retain[:self.params.pretrain_retain_rows]
+        rows = self.forget + retain_rows
+        chunk = max(self.cfg.forget_batch_size, self.cfg.retain_batch_size)
 
         def target_tokens(model):
             tokens, _ = self.forward_tokens(model, batch)
-            return tokens, token_nll(model, tokens, self.cfg.loss_chunk_size)
+            return score_hidden(tokens, self.params.score_position).detach(), token_nll(
+                model, tokens, self.cfg.loss_chunk_size), tokens.seq
 
+        hidden, nlls, seqs = [], [], []
         with torch.no_grad():
             was_training = self.model.training
             self.model.eval()
-            batch = self.batch(self.forget + retain_rows)
-            tokens, nll = run_on(self.model, target_tokens)  # every rank: the same full batch
+            for start in range(0, len(rows), chunk):  # every rank: the same rows, the same forwards
+                batch = self.batch(rows[start:start + chunk])
+                h_part, nll_part, seq_part = run_on(self.model, target_tokens)
+                hidden.append(h_part)
+                nlls.append(nll_part)
+                seqs.append(seq_part + start)
             self.model.train(was_training)
-        is_forget = tokens.seq < len(self.forget)
-        h = score_hidden(tokens, self.params.score_position).detach()
-        return pretrain_scorer(self.scorer, self.params, h[is_forget], nll[is_forget], tokens.seq[is_forget],
+        h, nll, seq = torch.cat(hidden), torch.cat(nlls), torch.cat(seqs)
+        is_forget = seq < len(self.forget)
+        return pretrain_scorer(self.scorer, self.params, h[is_forget], nll[is_forget], seq[is_forget],
                                len(self.forget), h[~is_forget] if retain_rows else None, self.params.pretrain_steps)
 
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
 With no arguments this runs the complete embedded experiment on CPU: synthetic fictitious-authors
 data, a locally trained tokenizer, a tiny target model and a retain-only reference model (both
-cached), ATWU unlearning, and the evaluation table.
+cached), ATWU unlearning (``atwu_logfit``, the default method), and the evaluation table.
 """
 
 from __future__ import annotations

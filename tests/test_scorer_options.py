@@ -370,3 +370,35 @@ def test_variants_name_the_settings_they_override():
     assert ignored_settings("atwu", mine, defaults) == []
     assert ignored_settings("atwu_nll", dataclasses.replace(defaults, update_every=1), defaults) == []  # same value
     assert ignored_settings("grad_diff", mine, defaults) == []
+
+
+def test_pretraining_reads_the_target_in_micro_batches_like_one_full_batch(tiny, monkeypatch):
+    """The pre-training cache is built from micro-batch forwards (bounded activation memory on a
+    real forget set); it must hold the same tokens, hidden rows, NLL and row ids as one forward of
+    every row, with retain rows after the forget rows."""
+    import atwu_fast.trainer as trainer_mod
+    from atwu_fast.model import token_nll
+
+    seen = {}
+
+    def capture(scorer, params, hidden, nll, seq, n_seqs, hidden_retain, steps):
+        seen.update(hidden=hidden, nll=nll, seq=seq, n_seqs=n_seqs, hidden_retain=hidden_retain)
+        return []
+
+    forwards = []
+    real_run_on = trainer_mod.run_on
+    monkeypatch.setattr(trainer_mod, "pretrain_scorer", capture)
+    monkeypatch.setattr(trainer_mod, "run_on", lambda model, fn: forwards.append(1) or real_run_on(model, fn))
+    params = ATWUParams(pretrain_steps=1, pretrain_retain_rows=5, score_position="predictor")
+    unlearner = make(tiny, "atwu", params, forget_batch_size=3, retain_batch_size=2)  # several chunks
+    rows = unlearner.forget + unlearner.retain[:5]
+    assert len(forwards) == math.ceil(len(rows) / 3) > 1
+    with torch.no_grad():
+        tokens, _ = unlearner.forward_tokens(unlearner.model.eval(), unlearner.batch(rows))
+        nll = token_nll(unlearner.model, tokens)
+    is_forget = tokens.seq < len(unlearner.forget)
+    assert seen["n_seqs"] == len(unlearner.forget)
+    assert torch.equal(seen["seq"], tokens.seq[is_forget])
+    assert torch.allclose(seen["hidden"], tokens.hidden_pred[is_forget], atol=1e-5)
+    assert torch.allclose(seen["nll"], nll[is_forget], atol=1e-5)
+    assert torch.allclose(seen["hidden_retain"], tokens.hidden_pred[~is_forget], atol=1e-5)

@@ -4,8 +4,11 @@ the config dataclasses, a ``--config`` YAML file, and one-line errors with exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,10 +42,14 @@ def build_parser(config_cls: type, prog: str, description: str, shortcuts: dict[
     parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", metavar="YAML", help="YAML file with any of the options below (nested by section)")
     sections: dict[str, argparse._ArgumentGroup] = {}
+    hints = typing.get_type_hints(config_cls)
     for name, tp, default, help_text in flat_fields(config_cls):
         flag = "--" + name.replace("_", "-") if "." not in name else "--" + name
         section = name.split(".")[0] if "." in name else "general"
-        group = sections.setdefault(section, parser.add_argument_group(section))
+        if section not in sections:  # the section dataclass's docstring describes its group
+            doc = inspect.getdoc(hints.get(section)) if dataclasses.is_dataclass(hints.get(section)) else None
+            sections[section] = parser.add_argument_group(section, " ".join((doc or "").split("\n\n")[0].split()) or None)
+        group = sections[section]
         dest = "cfg__" + name.replace(".", "__")
         aliases = [flag]
         for short, target in shortcuts.items():

@@ -242,7 +242,9 @@ class SatImpParams:
 
 @dataclass
 class ATWUParams:
-    """ATWU (see ATWU.md): model loss, scorer objective and alternation schedule."""
+    """ATWU (see ATWU.md): model loss, scorer objective and alternation schedule. These defaults are
+    ATWU.md's (method atwu); the default method atwu_logfit fixes the scorer objective (lambda_* terms),
+    update_every 1, score_position predictor and pretrain_steps 50."""
 
     alpha: float = _h("retain-loss weight", 1.0)
     gamma: float = _h("forget-loss weight", 1.0)

@@ -31,6 +31,7 @@ import torch
 
 from .config import ExperimentConfig
 from .configtools import merge, set_dotted
+from .io import atomic_write_text
 
 # --------------------------------------------------------------------------- grids
 
@@ -344,6 +345,14 @@ def paired_deltas(base: list, other: list) -> tuple[float, float, float, int] | 
     return float(np.mean(deltas)), std, half, sum(d >= 0 for d in deltas)
 
 
+def delta_cell(d, digits: int = 3) -> list[str]:
+    """``paired_deltas``'s answer as table cells: mean ± std, the 95 % interval."""
+    if d is None:
+        return ["-", "-"]
+    mean, std, half, _ = d
+    return [f"{mean:+.{digits}f} ± {std:.{digits}f}", f"[{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]"]
+
+
 PAIRED_COLUMNS = METRIC_COLUMNS[:2]  # log10 FQ and MU: the unlearning outcome
 
 
@@ -369,9 +378,7 @@ def paired_tables(grid: Grid, runs: dict[str, dict]) -> str:
                 cells = []
                 for _, f in PAIRED_COLUMNS:
                     d = paired_deltas([f(b) for b, _ in pairs], [f(r) for _, r in pairs])
-                    cells += (["-", "-", "-"] if d is None else
-                              [f"{d[0]:+.3f} ± {d[1]:.3f}", f"[{d[0] - d[2]:+.3f}, {d[0] + d[2]:+.3f}]",
-                               f"{d[3]}/{len(pairs)}"])
+                    cells += delta_cell(d) + ["-" if d is None else f"{d[3]}/{len(pairs)}"]
                 lines.append(f"| {lr:g} | {label} | {len(pairs)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -409,38 +416,55 @@ def frontier_tables(grid: Grid, runs: dict[str, dict]) -> str:
         return ""
     lines = [f"## Utility at equal forget quality vs `{grid.baseline}` (paired per seed)", "",
              "Per seed and method: the best MU over runs with log10 FQ ≥ level, consecutive learning rates "
-             "joined linearly; Δ = method − baseline on the same seed, only where both reach the level.", ""]
+             "joined linearly; Δ = method − baseline on the same seed, only where both reach the level. A cell "
+             "is the mean Δ, its 95 % interval, the seeds with Δ ≥ 0 over the paired seeds, and how many seeds "
+             "each reaches the level (baseline, method). Levels beyond the grid's lowest or highest lr only see "
+             "its end runs.", ""]
     levels = " | ".join(f"{lv:g}" for lv in FRONTIER_LEVELS)
     for variant in grid.variants:
         lines += [f"### Variant `{variant}`", "", f"| method \\ log10 FQ ≥ | {levels} |",
                   "|---|" + "---|" * len(FRONTIER_LEVELS)]
-
-        def curve(label, seed):
-            rows = [runs.get(run_key(variant, seed, lr, label)) for lr in sorted(grid.lrs)]
-            if not all(rows):
-                return None
-            return [(log10(r["metrics"]["forget_quality"]), r["metrics"]["model_utility"]) for r in rows]
-
+        curves = {(label, seed): frontier_points(runs, variant, seed, grid.lrs, label)
+                  for label, _, _ in grid.methods for seed in grid.seeds}
         for label, _, _ in grid.methods:
             if label == grid.baseline:
                 continue
             cells = []
             for level in FRONTIER_LEVELS:
+                reach_b = reach_o = 0
                 base, other = [], []
                 for seed in grid.seeds:
-                    b, o = curve(grid.baseline, seed), curve(label, seed)
-                    if b is None or o is None:
-                        continue
-                    b, o = frontier_mu(b, level), frontier_mu(o, level)
+                    b, o = curves[(grid.baseline, seed)], curves[(label, seed)]
+                    b = frontier_mu(b, level) if b else None
+                    o = frontier_mu(o, level) if o else None
+                    reach_b += b is not None
+                    reach_o += o is not None
                     if b is not None and o is not None:
                         base.append(b)
                         other.append(o)
                 d = paired_deltas(base, other)
-                cells.append("-" if d is None else
-                             f"{d[0]:+.3f} [{d[0] - d[2]:+.3f}, {d[0] + d[2]:+.3f}] {d[3]}/{len(base)}")
+                reach = f"(reach {reach_b}/{reach_o})"
+                cells.append(f"- {reach}" if d is None else
+                             f"{d[0]:+.3f} {delta_cell(d)[1]} {d[3]}/{len(base)} {reach}")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def frontier_points(runs: dict[str, dict], variant: str, seed: int, lrs: list[float],
+                    label: str) -> list[tuple[float, float]] | None:
+    """(log10 FQ, MU) of one method and seed in increasing lr order; ``None`` if a run is missing or
+    has no finite FQ or MU (a diverged run), so that seed is left out rather than guessed."""
+    points = []
+    for lr in sorted(lrs):
+        row = runs.get(run_key(variant, seed, lr, label))
+        if row is None:
+            return None
+        fq, mu = row["metrics"].get("forget_quality"), row["metrics"].get("model_utility")
+        if fq is None or mu is None or not (math.isfinite(fq) and math.isfinite(mu)):
+            return None
+        points.append((log10(fq), float(mu)))
+    return points
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             run_grid(name, grid, out, args.cache_dir, args.threads, lambda m: print(m, flush=True), (k, n))
         runs = load_runs(out / "runs.jsonl")  # every shard's rows
         text = "\n".join([tables(name, grid, runs), paired_tables(grid, runs), frontier_tables(grid, runs)])
-        (out / f"{name}.md").write_text(text + "\n")
+        atomic_write_text(out / f"{name}.md", text + "\n")
         print(f"tables written to {out / (name + '.md')}")
     return 0
 

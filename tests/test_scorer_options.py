@@ -372,7 +372,8 @@ def test_variants_name_the_settings_they_override():
     assert ignored_settings("grad_diff", mine, defaults) == []
 
 
-def test_pretraining_reads_the_target_in_micro_batches_like_one_full_batch(tiny, monkeypatch):
+@pytest.mark.parametrize("packing", [False, True])
+def test_pretraining_reads_the_target_in_micro_batches_like_one_full_batch(tiny, monkeypatch, packing):
     """The pre-training cache is built from micro-batch forwards (bounded activation memory on a
     real forget set); it must hold the same tokens, hidden rows, NLL and row ids as one forward of
     every row, with retain rows after the forget rows."""
@@ -390,10 +391,14 @@ def test_pretraining_reads_the_target_in_micro_batches_like_one_full_batch(tiny,
     monkeypatch.setattr(trainer_mod, "pretrain_scorer", capture)
     monkeypatch.setattr(trainer_mod, "run_on", lambda model, fn: forwards.append(1) or real_run_on(model, fn))
     params = ATWUParams(pretrain_steps=1, pretrain_retain_rows=5, score_position="predictor")
-    unlearner = make(tiny, "atwu", params, forget_batch_size=3, retain_batch_size=2)  # several chunks
+    tok, enc, base = tiny
+    cfg = TrainConfig(steps=3, forget_batch_size=3, retain_batch_size=2, lr=1e-2)  # several chunks
+    unlearner = Unlearner(tiny_model(tok, base.state_dict()), get_method("atwu"), params, cfg, enc["forget"],
+                          enc["retain"], tok.pad_token_id, packing=packing)
     rows = unlearner.forget + unlearner.retain[:5]
     assert len(forwards) == math.ceil(len(rows) / 3) > 1
     with torch.no_grad():
+        unlearner.packing = False  # the reference: one padded forward of every row
         tokens, _ = unlearner.forward_tokens(unlearner.model.eval(), unlearner.batch(rows))
         nll = token_nll(unlearner.model, tokens)
     is_forget = tokens.seq < len(unlearner.forget)

@@ -132,5 +132,25 @@ def test_frontier_tables_pair_methods_at_equal_forget_quality():
     levels = list(sweep.FRONTIER_LEVELS)
     # at log10 FQ >= -4 the baseline's best MU is 0.86 - 0.36*8/10 = 0.572, the new one's 0.86 - 0.36*7/10 = 0.608
     assert cells[levels.index(-4.0)].startswith("+0.036 [")
-    assert cells[levels.index(-12.0)].startswith("+0.000 [") and cells[levels.index(-12.0)].endswith("2/2")
+    assert cells[levels.index(-12.0)].startswith("+0.000 [") and cells[levels.index(-12.0)].endswith("2/2 (reach 2/2)")
     assert cells[levels.index(-2.0)].startswith("+0.036 [")  # new reaches -2 inside the range, base only at its end
+
+
+def test_frontier_tables_count_reach_and_skip_diverged_runs():
+    """A seed whose run has no finite FQ/MU (diverged; NaN is stored as null) is left out, not a crash,
+    and each cell says how many seeds reach the level for the baseline and for the method."""
+    grid = sweep.Grid([("base", "atwu", {}), ("new", "atwu", {})], lrs=[1e-3, 1e-2], seeds=[0, 1, 2],
+                      baseline="base")
+    runs = {}
+    for seed in (0, 1, 2):
+        for lr, (fq, mu) in ((1e-3, (1e-12, 0.86)), (1e-2, (1e-2, 0.50))):
+            runs[sweep.run_key("default", seed, lr, "base")] = {"metrics": {"forget_quality": fq, "model_utility": mu}}
+            # the new method forgets less: it never reaches log10 FQ -2 (ends at -3)
+            runs[sweep.run_key("default", seed, lr, "new")] = {"metrics": {"forget_quality": fq / 10,
+                                                                            "model_utility": mu}}
+    runs[sweep.run_key("default", 2, 1e-2, "new")]["metrics"]["model_utility"] = None  # diverged
+    row = next(line for line in sweep.frontier_tables(grid, runs).splitlines() if line.startswith("| new |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    levels = list(sweep.FRONTIER_LEVELS)
+    assert cells[levels.index(-2.0)] == "- (reach 3/0)"
+    assert cells[levels.index(-4.0)].endswith("0/2 (reach 3/2)")  # seed 2 left out, less utility than base

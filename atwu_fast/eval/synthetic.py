@@ -16,12 +16,12 @@ import torch
 
 from .. import progress
 from ..data import collate, encode_prompt, encode_qa
+from ..data.encode import POOLED, UNIQUE
 from ..distributed import generation_kwargs, join_rows, map_batches, split_rows
 from ..methods.base import sequence_lengths, sequence_sum
 from ..model import answer_tokens, greedy_generate, last_hidden, token_nll
 from . import metrics
 
-UNIQUE, POOLED = 2, 1
 
 
 @torch.no_grad()

@@ -14,9 +14,11 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+# span_kind codes: fact tokens whose value retain authors share (pooled), author-unique fact tokens
+from ..data.encode import POOLED as POOLED_SPAN
+from ..data.encode import UNIQUE as UNIQUE_SPAN
+
 Count = Union[Tensor, float]
-POOLED_SPAN = 1  # span_kind code of fact tokens whose value is shared with retain authors (see data.encode)
-UNIQUE_SPAN = 2  # span_kind code of author-unique fact tokens
 
 
 @dataclass

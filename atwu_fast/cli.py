@@ -46,9 +46,10 @@ def build_parser(config_cls: type, prog: str, description: str, shortcuts: dict[
     for name, tp, default, help_text in flat_fields(config_cls):
         flag = "--" + name.replace("_", "-") if "." not in name else "--" + name
         section = name.split(".")[0] if "." in name else "general"
-        if section not in sections:  # the section dataclass's docstring describes its group
+        if section not in sections:  # the section dataclass's docstring (first paragraph) describes its group
             doc = inspect.getdoc(hints.get(section)) if dataclasses.is_dataclass(hints.get(section)) else None
-            sections[section] = parser.add_argument_group(section, " ".join((doc or "").split("\n\n")[0].split()) or None)
+            summary = " ".join((doc or "").split("\n\n")[0].split())
+            sections[section] = parser.add_argument_group(section, summary or None)
         group = sections[section]
         dest = "cfg__" + name.replace(".", "__")
         aliases = [flag]

@@ -358,7 +358,8 @@ class BenchmarkConfig:
 
 # --------------------------------------------------------------------------- experiment
 
-METHOD_NAMES = ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen", "atwu_oracle", "atwu_oracle_facts", "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
+METHOD_NAMES = ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen", "atwu_oracle", "atwu_oracle_facts",
+                "grad_ascent", "grad_diff", "npo", "simnpo", "wga", "satimp")
 
 
 @dataclass

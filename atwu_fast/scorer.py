@@ -77,9 +77,9 @@ def log_nll_targets(nll: Tensor, count=None, all_reduce_sum: Optional[Callable[[
     μ = Σx/N and s² = Σx²/N − μ² over the batch's N forget tokens (``count``; by default this
     call's tokens), in float64: in float32 the difference loses ~|μ|²/s² ulps, which on an untrained
     model (ℓ ≈ 6 everywhere, s ≈ 0.03) left ~1e-3 relative error in s and labels that depended on
-    the summation order (one process vs ranks). With ``all_reduce_sum`` the two sums are taken over every rank, so each rank
-    standardises by the global batch statistics. y is monotone in ℓ: it keeps ℓ's ranking, has mean
-    ≈ 1/2 and does not depend on the scale of ℓ.
+    the summation order (one process vs ranks). With ``all_reduce_sum`` the two sums are taken over
+    every rank, so each rank standardises by the global batch statistics. y is monotone in ℓ: it
+    keeps ℓ's ranking, has mean ≈ 1/2 and does not depend on the scale of ℓ.
     """
     x = nll.detach().double().clamp_min(1e-6).log()  # float64: Σx²/N − μ² cancels when s ≪ |μ|
     sums = torch.stack([x.sum(), x.pow(2).sum()])

@@ -99,7 +99,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, parallel, method, params):
     atol = 2e-5 if params.get("packing") else 2e-6 if parallel == "fsdp" else 1e-6
     scorer = single.scorer.state_dict() if single.scorer is not None else {}
     for key, value in scorer.items():  # the scorer the ranks trained (pre-training included) is the one process's
-        assert torch.allclose(got["scorer"][key], value, rtol=1e-5, atol=1e-6), (key, (got["scorer"][key] - value).abs().max())
+        assert torch.allclose(got["scorer"][key], value, rtol=1e-5, atol=1e-6), (
+            key, (got["scorer"][key] - value).abs().max())
     for key, value in single.model.state_dict().items():
         assert torch.allclose(got["weights"][key], value, rtol=1e-5, atol=atol), (key, (got["weights"][key] - value).abs().max())
     assert any(not torch.equal(v, build(method, SINGLE).model.state_dict()[k])

@@ -23,7 +23,6 @@ from ..model import answer_tokens, greedy_generate, last_hidden, token_nll
 from . import metrics
 
 
-
 @torch.no_grad()
 def mean_answer_nll(model, tokenizer, pairs: list[tuple[str, str]], max_length: int, batch_size: int) -> np.ndarray:
     """Mean token NLL (EOS included) of each answer given its question: L̄(a|q)."""

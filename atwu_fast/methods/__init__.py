@@ -19,7 +19,8 @@ from .gradient_ascent import GRAD_ASCENT, GRAD_DIFF
 from .npo import NPO, SIMNPO
 from .token_weighted import SATIMP, WGA, satimp_weights, wga_weights
 
-METHODS: dict[str, Method] = {m.name: m for m in (ATWU, ATWU_FAITHFUL, ATWU_NLL, ATWU_LOGFIT, ATWU_FROZEN, ATWU_ORACLE, ATWU_ORACLE_FACTS, GRAD_ASCENT, GRAD_DIFF, NPO, SIMNPO, WGA, SATIMP)}
+METHODS: dict[str, Method] = {m.name: m for m in (ATWU, ATWU_FAITHFUL, ATWU_NLL, ATWU_LOGFIT, ATWU_FROZEN, ATWU_ORACLE,
+                                                  ATWU_ORACLE_FACTS, GRAD_ASCENT, GRAD_DIFF, NPO, SIMNPO, WGA, SATIMP)}
 
 
 def get_method(name: str) -> Method:

@@ -26,7 +26,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-CONFIGS = REPO / "atwu_fast" / "plan_configs"
+CONFIGS = REPO / "atwu_fast" / "plan" / "configs"
 CASES = {
     "8b-lora-8bit-ckpt": dict(model=str(CONFIGS / "llama-3.1-8b"), lora=16, optim="adamw_8bit", checkpointing=True),
     "1b-full-8bit": dict(model=str(CONFIGS / "llama-3.2-1b"), lora=0, optim="adamw_8bit", checkpointing=False),
@@ -37,23 +37,13 @@ def measure(model_path: str, lora: int, optim: str, checkpointing: bool, method:
             steps: int, chunk: int) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from atwu_fast.config import ATWUParams, EfficiencyConfig, NPOParams, TrainConfig
-    from atwu_fast.loading import build_unlearn_model, choose_attn_implementation
     from atwu_fast.methods import get_method
-    from atwu_fast.plan import PlanInput, plan
-    from atwu_fast.trainer import Unlearner
+    from atwu_fast.model.loading import build_unlearn_model, choose_attn_implementation
+    from atwu_fast.plan.planner import PlanInput, plan
+    from atwu_fast.train.config import EfficiencyConfig, TrainConfig
+    from atwu_fast.train.trainer import Unlearner
 
     attn = choose_attn_implementation("auto", "cuda", "bfloat16")
-    import atwu_fast.trainer as trainer_module
-
-    if not getattr(trainer_module.collate, "_on_cuda", False):  # the loop collates on the host
-        host_collate = trainer_module.collate
-
-        def cuda_collate(rows, pad_id, **kw):
-            return {k: v.cuda() for k, v in host_collate(rows, pad_id=pad_id, **kw).items()}
-
-        cuda_collate._on_cuda = True
-        trainer_module.collate = cuda_collate
     config = AutoConfig.from_pretrained(model_path)
 
     def load():
@@ -79,10 +69,7 @@ def measure(model_path: str, lora: int, optim: str, checkpointing: bool, method:
     forget, retain = rows(half), rows(batch - half)
     cfg = TrainConfig(steps=steps, forget_batch_size=half, retain_batch_size=batch - half, lr=1e-5,
                       loss_chunk_size=chunk, max_grad_norm=1.0)
-    params = ATWUParams() if m.params_section == "atwu" else NPOParams()
-    unlearner = Unlearner(model, m, params, cfg, forget, retain, pad_id=0, reference=reference, optim=optim)
-    for p in unlearner.scorer.parameters() if unlearner.scorer is not None else []:
-        p.data = p.data.cuda()
+    unlearner = Unlearner(model, m, m.params_type(), cfg, forget, retain, pad_id=0, reference=reference, optim=optim)
     trainable = [p for g in unlearner.optimizer.param_groups for p in g["params"]]
     peaks = []
     for step in range(steps):

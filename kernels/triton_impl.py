@@ -1,6 +1,6 @@
 """Triton row operations on one chunk of raw logits (same contract as :class:`TorchRowOps`).
 
-Algorithm family (kernels.md §7.2, option A): token chunks, the two GEMMs per chunk stay in
+Algorithm family (token chunks, the gradient computed in the forward), the two GEMMs per chunk stay in
 cuBLAS (``Z = H Wᵀ``, then ``G W`` and ``Gᵀ H``) and Triton does the row-wise, memory-bound part:
 
 * :func:`_lse_target_kernel` — one program per ``BLOCK_R`` rows, online log-sum-exp over the

@@ -1,20 +1,6 @@
-"""Test-session setup: offline hubs, and the Triton interpreter when no GPU is present.
+"""Shared test helpers (``fixtures``, ``tiny_unlearning``) are importable from every test folder."""
 
-TRITON_INTERPRET must be set before any module that defines a Triton kernel is imported,
-because ``triton.jit`` reads it at decoration time.
-"""
+import sys
+from pathlib import Path
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-try:
-    import torch
-
-    _has_cuda = torch.cuda.is_available()
-except Exception:  # pragma: no cover - torch is a hard dependency
-    _has_cuda = False
-if not _has_cuda:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -3,9 +3,9 @@
 
 import functools
 
-from atwu_fast.config import ModelConfig, SyntheticConfig
-from atwu_fast.data import encode_qa, generate, tokenizer_corpus, train_tokenizer
-from atwu_fast.model import build_tiny_llama
+from atwu_fast.data.formatting import encode_qa
+from atwu_fast.model.tiny import ModelConfig, build_tiny_llama, train_tokenizer
+from atwu_fast.suites.synthetic.world import SyntheticConfig, generate, tokenizer_corpus
 
 TINY_MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 MAX_POSITIONS = 80

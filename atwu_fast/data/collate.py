@@ -1,10 +1,11 @@
-"""Pad encoded rows into a batch; the attention mask comes from lengths, never from token ids."""
+"""Batching encoded rows: right/left padding (the attention mask comes from lengths, never from token
+ids) or padding-free packing into one sequence."""
 
 from __future__ import annotations
 
 import torch
 
-from .encode import IGNORE_INDEX, NOT_ANSWER
+from .labels import IGNORE_INDEX, NOT_ANSWER
 
 _PAD_VALUES = {"labels": IGNORE_INDEX, "span_kind": NOT_ANSWER}
 
@@ -49,3 +50,31 @@ def collate(rows: list[dict], pad_id: int, side: str = "right") -> dict[str, tor
             mask[b, width - n:] = 1
     out["attention_mask"] = mask
     return out
+
+
+def pack_rows(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Concatenate encoded rows (``input_ids``, ``labels``) into one ``[1, ΣT_i]`` sequence.
+
+    ``position_ids`` restart at 0 on every row (the boundary marker transformers reads); the label of
+    each row's first token is set to −100 so that no token is predicted across a boundary.
+    ``seq`` / ``offsets`` give each packed token's row and each row's start.
+    """
+    ids, labels, positions, seq, offsets, kinds = [], [], [], [], [], []
+    start = 0
+    for i, row in enumerate(rows):
+        row_ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
+        row_labels = torch.as_tensor(row.get("labels", [IGNORE_INDEX] * len(row_ids)), dtype=torch.long).clone()
+        row_labels[0] = IGNORE_INDEX
+        ids.append(row_ids)
+        labels.append(row_labels)
+        positions.append(torch.arange(len(row_ids)))
+        seq.append(torch.full((len(row_ids),), i, dtype=torch.long))
+        if "span_kind" in row:
+            kinds.append(torch.as_tensor(row["span_kind"], dtype=torch.long))
+        offsets.append(start)
+        start += len(row_ids)
+    packed = {"input_ids": torch.cat(ids)[None], "labels": torch.cat(labels)[None],
+              "position_ids": torch.cat(positions)[None], "seq": torch.cat(seq), "offsets": torch.tensor(offsets)}
+    if kinds:
+        packed["span_kind"] = torch.cat(kinds)[None]
+    return packed

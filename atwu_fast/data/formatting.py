@@ -1,22 +1,34 @@
-"""Prompt/answer formatting for real models: the tokenizer's chat template or the plain template.
+"""Prompt/answer formatting: the plain ``Question: …\nAnswer: …`` template or a tokenizer's chat template.
 
 An encoded QA row is ``prompt ids + answer ids (+ end-of-turn / eos)``; labels are −100 on the
 prompt and the answer tokens (end-of-turn and eos included) are labelled. Prompt and answer are
 tokenised separately, so the boundary is a token boundary and :meth:`Formatter.prompt_ids` gives
-exactly the generation prefix. Padding is done later by :func:`atwu_fast.data.collate` from row
-lengths: a genuine eos / end-of-turn token is never mistaken for padding (unlike pad = eos masking).
+exactly the generation prefix. Padding is done later by :func:`atwu_fast.data.collate.collate` from
+row lengths: a genuine eos / end-of-turn token is never mistaken for padding (unlike pad = eos masking).
 
-Forget spans ("target words", one list of strings per forget row) are mapped to answer tokens
-through the tokenizer's offset mapping: a token overlapping an occurrence of a target word in the
-answer gets ``span_kind`` UNIQUE (2), other answer tokens OUTSIDE (0), prompt tokens −1.
+Spans mark answer tokens (``span_kind``, codes in :mod:`atwu_fast.data.labels`) through the
+tokenizer's offset mapping: character ``spans`` of the answer with a kind (the embedded benchmark's
+fact values), or "target words" (strings; every occurrence in the answer is UNIQUE). Prompt tokens
+are NOT_ANSWER, other answer tokens OUTSIDE; where spans overlap the larger code wins.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from .encode import ANSWER_PREFIX, IGNORE_INDEX, NOT_ANSWER, OUTSIDE, PROMPT_TEMPLATE, UNIQUE
+from .labels import IGNORE_INDEX, KIND_CODE, NOT_ANSWER, OUTSIDE, UNIQUE
+
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+ANSWER_PREFIX = " "  # answers follow "Answer:" after one space; the only place this is decided
+
+
+def format_prompt(question: str) -> str:
+    return PROMPT_TEMPLATE.format(question=question)
+
+
+def format_answer(answer: str) -> str:
+    return ANSWER_PREFIX + answer
 
 
 def ensure_pad_token(tokenizer) -> bool:
@@ -91,7 +103,7 @@ class Formatter:
         if self.use_chat:
             return self.tokenizer.apply_chat_template(self._messages(question), tokenize=False,
                                                       add_generation_prompt=True)
-        return PROMPT_TEMPLATE.format(question=question)
+        return format_prompt(question)
 
     def prompt_ids(self, question: str, suffix: str = "") -> list[int]:
         """Generation prefix of ``question``; ``suffix`` is appended after the template (RWKU's "Answer:")."""
@@ -115,7 +127,7 @@ class Formatter:
     def _answer_text(self, question: str, answer: str) -> tuple[str, int]:
         """The text after the prompt (answer plus end-of-turn markup) and the answer's offset in it."""
         if not self.use_chat:
-            return ANSWER_PREFIX + answer, len(ANSWER_PREFIX)
+            return format_answer(answer), len(ANSWER_PREFIX)
         prompt = self.prompt_text(question)
         full = self.tokenizer.apply_chat_template(
             self._messages(question) + [{"role": "assistant", "content": answer}], tokenize=False)
@@ -127,8 +139,11 @@ class Formatter:
         return tail, max(at, 0)
 
     # ------------------------------------------------------------------ encoders
-    def qa(self, question: str, answer: str, target_words: Sequence[str] | None = None) -> dict:
-        """``input_ids``, ``labels`` (−100 on the prompt) and, with target words, ``span_kind``."""
+    def qa(self, question: str, answer: str, target_words: Sequence[str] | None = None,
+           spans: Sequence[dict] | None = None) -> dict:
+        """``input_ids``, ``labels`` (−100 on the prompt) and, with target words or character ``spans``
+        (``{"start", "end", "kind"}`` into ``answer``), ``span_kind``. Too long: the tail is cut,
+        keeping at least one answer label; a prompt that leaves no room for one raises ``ValueError``."""
         prompt_ids = self.prompt_ids(question)
         if len(prompt_ids) + 1 > self.max_length:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room for an answer within "
@@ -141,19 +156,20 @@ class Formatter:
         if eos is not None and not (answer_ids and answer_ids[-1] in end_ids) and eos not in answer_ids:
             answer_ids.append(eos)
         offsets = list(enc["offset_mapping"]) + [(len(tail), len(tail))] * (len(answer_ids) - len(enc["input_ids"]))
-        kinds = [OUTSIDE] * len(answer_ids)
+        marked = [(s["start"], s["end"], KIND_CODE[s["kind"]]) for s in spans or ()]
         if target_words:
-            region = tail[at:at + len(answer)]
-            for lo, hi in word_char_spans(region, target_words):
-                lo, hi = lo + at, hi + at
-                for t, (a, b) in enumerate(offsets):
-                    if a < hi and b > lo:
-                        kinds[t] = UNIQUE
+            marked += [(lo, hi, UNIQUE) for lo, hi in word_char_spans(tail[at:at + len(answer)], target_words)]
+        kinds = [OUTSIDE] * len(answer_ids)
+        for lo, hi, code in marked:
+            lo, hi = lo + at, hi + at
+            for t, (a, b) in enumerate(offsets):
+                if a < hi and b > lo and code > kinds[t]:
+                    kinds[t] = code
         row = {
             "input_ids": (prompt_ids + answer_ids)[:self.max_length],
             "labels": ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:self.max_length],
         }
-        if target_words is not None:
+        if target_words is not None or spans is not None:
             row["span_kind"] = ([NOT_ANSWER] * len(prompt_ids) + kinds)[:self.max_length]
         return row
 
@@ -203,3 +219,36 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     if gen is not None:
         ids.extend(gen if isinstance(gen, (list, tuple)) else [gen])
     return list(dict.fromkeys(int(i) for i in ids))
+
+
+# --------------------------------------------------------------------------- the plain template
+
+
+def encode_prompt(tokenizer, question: str) -> list[int]:
+    """``[bos] + prompt tokens`` of the plain template: the generation prefix (the answer starts with
+    ANSWER_PREFIX)."""
+    return Formatter(tokenizer, "off").prompt_ids(question)
+
+
+def encode_qa(tokenizer, question: str, answer: str, max_length: int, spans: list[dict] | None = None) -> dict:
+    """One QA pair in the plain template, ``[bos] + prompt + ANSWER_PREFIX + answer + [eos]``, always with
+    ``span_kind`` (``spans``: character offsets into ``answer``; see :meth:`Formatter.qa`)."""
+    return Formatter(tokenizer, "off", max_length=max_length).qa(question, answer, spans=spans or [])
+
+
+def encode_row(tokenizer, row: dict, max_length: int, answer_key: str = "answer") -> dict:
+    """:func:`encode_qa` of a data row (spans only apply to the ``answer`` field)."""
+    spans = row.get("spans") if answer_key == "answer" else None
+    return encode_qa(tokenizer, row["question"], row[answer_key], max_length, spans)
+
+
+def decode_answer(tokenizer, ids: Iterable[int]) -> str:
+    """Generated answer ids (plain template) -> text: cut at the first eos, drop specials and the answer prefix."""
+    out = []
+    for i in ids:
+        i = int(i)
+        if i == tokenizer.eos_token_id:
+            break
+        out.append(i)
+    text = tokenizer.decode(out, skip_special_tokens=True)
+    return text[len(ANSWER_PREFIX):] if text.startswith(ANSWER_PREFIX) else text

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import torch
 
-from ..cli import fail, parse_config
-from ..config import BenchmarkConfig, _h
-from ..data.registry import DataError, load_benchmark
-from ..distributed import collective_eval, init_from_env, shutdown
+from ..config import ConfigError, option
+from ..config.args import fail, parse_config
+from ..data.readers import DataError
 from ..eval.logs import save_logs, summarize
+from ..model.distributed import collective_eval, init_from_env, shutdown
+from ..model.loading import quiet_libraries
+from ..suites import SUITES
+from ..suites.config import BenchmarkConfig
 
 SHORTCUTS = {"--benchmark": "benchmark.name", "--split": "benchmark.split", "--model": "benchmark.model",
              "--targets": "benchmark.targets", "--retain-logs": "benchmark.retain_logs",
@@ -33,22 +36,17 @@ def _tofu_default() -> BenchmarkConfig:
 
 @dataclass
 class EvalRunConfig:
-    output_dir: str = _h("where the logs are written (default: runs/eval-<benchmark>-<time>)", "")
-    threads: int = _h("torch CPU threads (0: torch default)", 0)
+    output_dir: str = option("where the logs are written (default: runs/eval-<benchmark>-<time>)", "")
+    threads: int = option("torch CPU threads (0: torch default)", 0)
     benchmark: BenchmarkConfig = field(default_factory=_tofu_default)
 
     def validate(self) -> None:
         if self.benchmark.name == "synthetic":
-            from ..configtools import ConfigError
-
             raise ConfigError("python -m atwu_fast.eval evaluates tofu, rwku or jsonl; "
                               "the synthetic benchmark is evaluated by python -m atwu_fast.unlearn")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..real import LOG_NAMES, evaluate_benchmark, formatter, load_model, retain_reference, uses_cuda
-    from ..unlearn import quiet_libraries
-
     cfg = parse_config(EvalRunConfig, argv, prog="python -m atwu_fast.eval", description=__doc__.splitlines()[0],
                        shortcuts=SHORTCUTS)
     bcfg = cfg.benchmark
@@ -56,23 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     quiet_libraries()
-    ctx = init_from_env(cuda=uses_cuda(bcfg.device))
+    suite = SUITES[bcfg.name](cfg)
+    ctx = init_from_env(cuda=suite.uses_cuda())
     if ctx.enabled and not cfg.output_dir:
         fail("a distributed run needs an explicit --output-dir (the same on every rank)")
     t0 = time.perf_counter()
     try:
-        data = load_benchmark(bcfg)
-        retain_ref = retain_reference(bcfg)
-        model, tokenizer = load_model(bcfg)
-        fmt = formatter(tokenizer, bcfg)
+        suite.load_eval_data()
+        model = suite.load_target()
         with collective_eval(ctx):
-            logs = evaluate_benchmark(model, tokenizer, fmt, data, bcfg, retain_ref)
+            logs = suite.evaluate_logs(model, suite.retain_reference())
     except (DataError, ValueError) as exc:
         fail(str(exc))
     if not ctx.is_main:
         shutdown(ctx)
         return 0
-    eval_path, summary_path = save_logs(out_dir, logs, LOG_NAMES[bcfg.name])
+    eval_path, summary_path = save_logs(out_dir, logs, suite.log_name)
     for key, value in summarize(logs).items():
         print(f"{key:32s} {value:.6g}" if isinstance(value, (int, float)) else f"{key:32s} {value}")
     print(f"\nlogs written to {eval_path} and {summary_path}  ({time.perf_counter() - t0:.0f}s)")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write_text
+from ..data.io import atomic_write_text
 
 
 def _plain(obj: Any) -> Any:

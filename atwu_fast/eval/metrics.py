@@ -2,7 +2,7 @@
 
 Inputs are per-row quantities that the model-side code has already produced (mean answer NLLs,
 token log-probs, argmax ids, generations). The definitions follow the reference harness
-(open-unlearning) so that numbers are comparable; see DESIGN.md "Evaluation definitions".
+(open-unlearning) so that numbers are comparable; docs/benchmarks.md states them.
 
 Notation: L̄(a) is the mean token NLL of answer a given its question (EOS included), and
 P̄(a) = exp(−L̄(a)) the length-normalised probability P(a|q)^{1/|a|}.
@@ -17,7 +17,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import stats
 
-IGNORE_INDEX = -100
+from ..data.labels import IGNORE_INDEX
+
 # The reference harness adds this to denominators (truth ratio, normalised prob, privleak).
 _EPS = 1e-10
 

@@ -1,9 +1,10 @@
 """Model-side quantities for the real-benchmark evaluations, batched and without N×V logits.
 
-Per-token NLL goes through the chunked LM-head op (``atwu_kernels.linear_token_nll``) on the
-answer tokens only. Argmax predictions (extraction strength, exact memorisation) and the
-log-prob moments μ_t, σ_t that Min-K%++ needs are computed chunk by chunk over those tokens
-(``chunk × V`` at a time). Generation is batched greedy decoding of left-padded prompts.
+Per-token NLL goes through the chunked LM-head op on the answer tokens only
+(:func:`atwu_fast.model.tokens.map_answer_tokens`). Argmax predictions (extraction strength, exact
+memorisation) and the log-prob moments μ_t, σ_t that Min-K%++ needs are computed chunk by chunk
+over those tokens (``chunk × V`` at a time). Generation is batched greedy decoding of left-padded
+prompts (:func:`atwu_fast.model.generation.greedy_generate`).
 """
 
 from __future__ import annotations
@@ -13,17 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import collate
-from ..distributed import generation_kwargs, map_batches
-from ..model import answer_tokens, last_hidden, lm_head, token_nll
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+from ..model.generation import greedy_generate
+from ..model.tokens import lm_head, logit_transform, map_answer_tokens, token_nll
 
 
 @dataclass
@@ -41,34 +33,44 @@ class RowTokens:
 
 
 def _split(values: torch.Tensor, seq: torch.Tensor, n: int) -> list[np.ndarray]:
-    values = values.detach().float().cpu().numpy() if values.is_floating_point() else values.cpu().numpy()
+    values = values.detach()
+    if values.dtype in (torch.bfloat16, torch.float16):  # numpy has no bf16
+        values = values.float()
+    values = values.cpu().numpy()
     seq = seq.cpu().numpy()
     return [values[seq == i] for i in range(n)]
 
 
-@torch.no_grad()
+def chunk_logits(model, hidden: torch.Tensor, chunk_size: int):
+    """The model's fp32 logits (its softcap / scale applied) of ``hidden`` rows, ``chunk_size`` at a time."""
+    weight, bias = lm_head(model)
+    transform = logit_transform(model)
+    for lo in range(0, hidden.shape[0], chunk_size):
+        logits = hidden[lo:lo + chunk_size] @ weight.T
+        if bias is not None:
+            logits = logits + bias
+        logits = logits.float()
+        if transform["logit_scale"] is not None:
+            logits = logits * transform["logit_scale"]
+        if transform["softcap"] is not None:
+            logits = transform["softcap"] * torch.tanh(logits / transform["softcap"])
+        yield logits
+
+
 def row_tokens(model, rows: list[dict], pad_id: int, batch_size: int, argmax: bool = False,
                moments: bool = False, chunk_size: int = 1024) -> RowTokens:
     """Teacher-forced answer-token NLL (and optionally argmax ids, μ_t, σ_t) of encoded rows."""
-    def batch_rows(m, part: list[dict]) -> list[dict]:
-        weight, bias = lm_head(m)
-        batch = _to(collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in part], pad_id),
-                    model_device(m))
-        tokens = answer_tokens(last_hidden(m, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    def batch_rows(m, tokens, kinds, part: list[dict]) -> list[dict]:
         n = len(part)
         cols = {"nll": _split(token_nll(m, tokens, chunk_size), tokens.seq, n),
                 "labels": _split(tokens.targets, tokens.seq, n)}
         if argmax or moments:
             preds, mus, sigmas = [], [], []
-            for lo in range(0, tokens.targets.numel(), chunk_size):
-                logits = tokens.hidden_pred[lo:lo + chunk_size] @ weight.T
-                if bias is not None:
-                    logits = logits + bias
-                logits = logits.float()
+            for logits in chunk_logits(m, tokens.hidden_pred, chunk_size):
                 if argmax:
                     preds.append(logits.argmax(-1))
                 if moments:
-                    lp = torch.log_softmax(logits, dim=-1)
+                    lp = torch.log_softmax(logits.double(), dim=-1)  # float64: Min-K++'s moments as the reference computes them
                     p = lp.exp()
                     mu = (p * lp).sum(-1)
                     var = (p * lp * lp).sum(-1) - mu * mu
@@ -78,41 +80,25 @@ def row_tokens(model, rows: list[dict], pad_id: int, batch_size: int, argmax: bo
             if argmax:
                 cols["argmax"] = _split(torch.cat(preds) if preds else empty, tokens.seq, n)
             if moments:
-                cols["mu"] = _split(torch.cat(mus) if mus else empty.float(), tokens.seq, n)
-                cols["sigma"] = _split(torch.cat(sigmas) if sigmas else empty.float(), tokens.seq, n)
+                cols["mu"] = _split(torch.cat(mus) if mus else empty.double(), tokens.seq, n)
+                cols["sigma"] = _split(torch.cat(sigmas) if sigmas else empty.double(), tokens.seq, n)
         return [{k: v[i] for k, v in cols.items()} for i in range(n)]
 
-    per_row = map_batches(model, rows, batch_size, batch_rows)
+    plain = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+    per_row = map_answer_tokens(model, plain, pad_id, batch_size, batch_rows)
     column = lambda key: [r[key] for r in per_row]  # noqa: E731
     return RowTokens(column("nll"), column("labels"), column("argmax") if argmax else None,
                      column("mu") if moments else None, column("sigma") if moments else None)
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
              stop_ids: list[int], stop_strings: tuple[str, ...] = ()) -> list[str]:
     """Greedy continuations of left-padded prompts, cut at the first stop id / stop string, stripped."""
-    stops = set(stop_ids)
+    def decode(ids: list[int]) -> str:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        for s in stop_strings:
+            if s and s in text:
+                text = text.split(s)[0]
+        return text.strip()
 
-    def batch_texts(m, part: list[list[int]]) -> list[str]:
-        batch = _to(collate([{"input_ids": p} for p in part], pad_id=tokenizer.pad_token_id, side="left"),
-                    model_device(m))
-        out = m.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=list(stop_ids) or None,
-                         **generation_kwargs(model))
-        texts = []
-        for row in out[:, batch["input_ids"].shape[1]:].tolist():
-            ids = []
-            for i in row:
-                if i in stops:
-                    break
-                ids.append(i)
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            for s in stop_strings:
-                if s and s in text:
-                    text = text.split(s)[0]
-            texts.append(text.strip())
-        return texts
-
-    return map_batches(model, prompts, batch_size, batch_texts)
+    return greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, decode)

@@ -1,4 +1,4 @@
-"""The TOFU evaluation suite with open-unlearning's metric names and semantics (DESIGN.md).
+"""The TOFU evaluation suite with open-unlearning's metric names and semantics (docs/benchmarks.md).
 
 Sets: ``forget`` (forgetNN_perturbed), ``retain`` (retain_perturbed), ``real_authors`` /
 ``world_facts`` (*_perturbed) and ``holdout`` (holdoutNN). Metrics:
@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..data.formatting import Formatter, stop_token_ids
+from ..data.labels import IGNORE_INDEX, UNIQUE
 from . import metrics
 from .logs import RetainReference, by_index, entry
 from .scoring import RowTokens, generate, row_tokens
@@ -182,9 +183,9 @@ def evaluate_tofu(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]],
 
     if any("target_words" in r for r in forget):
         enc = [fmt.qa(r["question"], r["answer"], r.get("target_words") or []) for r in forget]
-        kinds = [np.array(e["span_kind"])[np.array(e["labels"]) != -100] for e in enc]
-        # the model's own per-token NLL as a token ranker (methods report their weights in real.py)
-        labels = [(k == 2).astype(int) for k in kinds]
+        kinds = [np.array(e["span_kind"])[np.array(e["labels"]) != IGNORE_INDEX] for e in enc]
+        # the model's own per-token NLL as a token ranker (methods report their weights through the driver)
+        labels = [(k == UNIQUE).astype(int) for k in kinds]
         logs["span_auroc_nll"] = entry(metrics.span_auroc(ft.nll, labels))
         logs["span_ap_nll"] = entry(metrics.span_average_precision(ft.nll, labels))
     return logs

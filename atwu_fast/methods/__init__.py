@@ -1,26 +1,24 @@
-"""Registry of unlearning methods by name."""
+"""The registry of unlearning methods: the one list of names (config sections, ``--help``,
+``--methods all`` and the planner read it). Adding a method = its file + one line here."""
 
 from __future__ import annotations
 
-from .atwu import (
-    ATWU,
-    ATWU_FAITHFUL,
-    ATWU_FROZEN,
-    ATWU_LOGFIT,
-    ATWU_NLL,
-    ATWU_ORACLE,
-    ATWU_ORACLE_FACTS,
-    atwu_forget_weights,
-    ignored_settings,
-    variant_params,
-)
-from .base import Method, TokenQuantities, retain_nll_mean, sequence_sum, weighted_ascent
+from .atwu import VARIANTS as ATWU_VARIANTS
+from .base import Method
 from .gradient_ascent import GRAD_ASCENT, GRAD_DIFF
 from .npo import NPO, SIMNPO
-from .token_weighted import SATIMP, WGA, satimp_weights, wga_weights
+from .token_weighted import SATIMP, WGA
 
-METHODS: dict[str, Method] = {m.name: m for m in (ATWU, ATWU_FAITHFUL, ATWU_NLL, ATWU_LOGFIT, ATWU_FROZEN, ATWU_ORACLE,
-                                                  ATWU_ORACLE_FACTS, GRAD_ASCENT, GRAD_DIFF, NPO, SIMNPO, WGA, SATIMP)}
+METHODS: dict[str, Method] = {m.name: m for m in (
+    *ATWU_VARIANTS,
+    GRAD_ASCENT,
+    GRAD_DIFF,
+    NPO,
+    SIMNPO,
+    WGA,
+    SATIMP,
+)}
+DEFAULT_METHOD = "atwu_logfit"
 
 
 def get_method(name: str) -> Method:
@@ -30,8 +28,9 @@ def get_method(name: str) -> Method:
         raise KeyError(f"unknown method '{name}'; choose from {', '.join(METHODS)}") from None
 
 
-__all__ = [
-    "ignored_settings",
-    "METHODS", "Method", "TokenQuantities", "get_method", "atwu_forget_weights", "variant_params", "wga_weights", "satimp_weights",
-    "retain_nll_mean", "sequence_sum", "weighted_ascent",
-]
+def param_sections() -> dict[str, type]:
+    """Config section name → hyper-parameter dataclass, in registry order (shared sections once)."""
+    sections: dict[str, type] = {}
+    for method in METHODS.values():
+        sections.setdefault(method.params_section, method.params_type)
+    return sections

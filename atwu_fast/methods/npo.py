@@ -7,9 +7,24 @@ With log π(y) = −Σ_t ℓ_t:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
-from .base import Method, TokenQuantities, sequence_lengths, sequence_sum
+from ..config import option
+from .base import LossWeights, Method, TokenQuantities, sequence_lengths, sequence_sum
+
+
+@dataclass
+class NPOParams(LossWeights):
+    beta: float = option("inverse temperature", 0.1)
+
+
+@dataclass
+class SimNPOParams(LossWeights):
+    gamma: float = option("forget-loss weight", 0.125)
+    beta: float = option("inverse temperature", 4.5)
+    delta: float = option("reward margin", 0.0)
 
 
 def npo_loss(q: TokenQuantities, params):
@@ -25,5 +40,5 @@ def simnpo_loss(q: TokenQuantities, params):
     return -(2.0 / params.beta) * F.logsigmoid(params.beta * (mean_nll - params.delta)).sum() / q.nseq()
 
 
-NPO = Method("npo", "npo", npo_loss, needs_reference=True)
-SIMNPO = Method("simnpo", "simnpo", simnpo_loss)
+NPO = Method("npo", NPOParams, npo_loss, needs_reference=True)
+SIMNPO = Method("simnpo", SimNPOParams, simnpo_loss)

@@ -6,9 +6,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .base import Method, TokenQuantities, weighted_ascent
+from ..config import option
+from .base import LossWeights, Method, TokenQuantities, weighted_ascent
+
+
+@dataclass
+class WGAParams(LossWeights):
+    beta: float = option("weight exponent: w = p^beta", 1.0)
+
+
+@dataclass
+class SatImpParams(LossWeights):
+    beta1: float = option("saturation exponent: w = p^beta1 (1-p)^beta2", 5.0)
+    beta2: float = option("importance exponent", 1.0)
 
 
 def wga_weights(nll: torch.Tensor, params) -> torch.Tensor:
@@ -28,5 +42,5 @@ def satimp_loss(q: TokenQuantities, params):
     return weighted_ascent(q, satimp_weights(q.forget_nll, params))
 
 
-WGA = Method("wga", "wga", wga_loss, token_weights=wga_weights)
-SATIMP = Method("satimp", "satimp", satimp_loss, token_weights=satimp_weights)
+WGA = Method("wga", WGAParams, wga_loss, token_weights=wga_weights)
+SATIMP = Method("satimp", SatImpParams, satimp_loss, token_weights=satimp_weights)

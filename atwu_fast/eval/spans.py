@@ -1,0 +1,58 @@
+"""Which tokens a method weighs: the per-token view of the forget answers (NLL, ground-truth span
+kind, the method's weight) and its alignment with the ground truth (AUROC / average precision of the
+weights against the forget-specific tokens)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..data.labels import POOLED, UNIQUE
+from ..model.distributed import join_rows, split_rows
+from ..model.tokens import AnswerTokens, map_answer_tokens, token_nll
+from . import metrics
+
+
+@dataclass
+class ForgetTokenView:
+    """Per answer token of the forget rows, row-major: its row (``seq``), NLL, span kind and weight."""
+
+    seq: torch.Tensor
+    nll: torch.Tensor
+    span_kind: torch.Tensor
+    weights: Optional[torch.Tensor] = None
+
+
+def forget_token_view(model, encoded: list[dict], pad_id: int, batch_size: int,
+                      weigh: Optional[Callable[[AnswerTokens], Optional[torch.Tensor]]] = None,
+                      starts=None) -> ForgetTokenView:
+    """One batched no-grad pass over the encoded forget rows (no hidden state kept beyond a batch).
+    ``weigh(tokens)`` (``tokens.nll`` and ``tokens.hidden(position)`` set) gives the method's weights."""
+    def batch_view(m, tokens: AnswerTokens, kinds, part: list[dict]) -> list[tuple]:
+        tokens.nll = token_nll(m, tokens)
+        weights = weigh(tokens) if weigh is not None else None
+        return split_rows(tokens.seq, len(part), tokens.nll.float(), kinds,
+                          None if weights is None else weights.float())
+
+    rows = map_answer_tokens(model, encoded, pad_id, batch_size, batch_view, starts)
+    if not rows:
+        empty = torch.zeros(0)
+        return ForgetTokenView(empty.long(), empty, empty.long())
+    (nll, kinds, weights), seq = join_rows(rows)
+    return ForgetTokenView(seq, nll, kinds, weights)
+
+
+def span_alignment(weights: torch.Tensor, span_kind: torch.Tensor) -> dict:
+    """AUROC / AP of token weights against forget-specific (UNIQUE) tokens and against all fact tokens."""
+    w = weights.detach().double().numpy()
+    unique = (span_kind == UNIQUE).numpy().astype(int)
+    any_fact = (span_kind >= POOLED).numpy().astype(int)
+    return {
+        "span_auroc": metrics.span_auroc(w, unique),
+        "span_ap": metrics.span_average_precision(w, unique),
+        "span_auroc_all": metrics.span_auroc(w, any_fact),
+        "span_ap_all": metrics.span_average_precision(w, any_fact),
+    }

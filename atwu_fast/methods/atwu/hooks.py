@@ -1,0 +1,193 @@
+"""ATWU's scorer inside the unlearning loop: created beside the hidden states, optionally pre-trained
+on the target model, stepped on the quantities of the model's own forward, and checkpointed.
+
+Per micro-batch (alternating schedule): on scorer-update steps the scorer takes one SGD step on the
+detached hidden rows and NLL of the forget tokens; then the model step reads its scores as
+constants. Through the fused head (``train.fused_head``, the default) the NLL, the scores, the
+loss and its gradients come from one call over the hidden states; on scorer-update steps a
+forward-only NLL pass (2NDV) precedes it, because the scorer must step before the model's scores
+are taken and its objective needs ℓ. The unfused path gives the same loss and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from atwu_kernels import atwu_head
+from torch import Tensor
+
+from ...model.distributed import run_on
+from ...model.tokens import forward_answer_tokens, lm_head, logit_transform, token_nll
+from ..base import TokenQuantities, TrainingHooks
+from .scorer import (
+    LinearScorer,
+    ScorerNorms,
+    ScorerTrainer,
+    mean_rescale_factor,
+    pretrain_scorer,
+    rescale_to_mean,
+    scorer_objective,
+)
+
+SCORER_FILE = "scorer.safetensors"
+
+
+class ScorerHooks(TrainingHooks):
+    """The learned scorer g = σ(wᵀh + b) of one ATWU run (``params``: the ``atwu`` section as the
+    variant runs it)."""
+
+    def __init__(self, params):
+        self.params = params
+        self.scorer: Optional[LinearScorer] = None
+        self.trainer: Optional[ScorerTrainer] = None
+        self.pretrain_losses: list[float] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, loop) -> list[dict]:
+        params = self.params
+        weight = loop.model.get_output_embeddings().weight
+        self.scorer = LinearScorer(weight.shape[1], params.init_score).to(weight.device)  # beside the hidden states
+        self.pretrain_losses = self.pretrain(loop) if params.pretrain_steps else []
+        if params.schedule == "alternating":
+            updates = math.ceil(loop.cfg.steps / params.update_every) * loop.cfg.grad_accum
+            self.trainer = ScorerTrainer(self.scorer, params, updates)
+        elif params.schedule == "joint":
+            return [{"params": list(self.scorer.parameters()), "weight_decay": 0.0}]
+        else:
+            self.scorer.requires_grad_(False)
+        return []
+
+    def pretrain(self, loop) -> list[float]:
+        """``pretrain_steps`` scorer steps on the (not yet unlearned) model: every forget row and the
+        first ``pretrain_retain_rows`` retain rows, no-grad forwards of micro-batch size (only the
+        score-position hidden rows and NLL of the answer tokens are kept), cached and detached."""
+        params, cfg = self.params, loop.cfg
+        retain_rows = loop.retain[:params.pretrain_retain_rows]
+        rows = loop.forget + retain_rows
+        chunk = max(cfg.forget_batch_size, cfg.retain_batch_size)
+
+        def target_tokens(model):
+            tokens, _ = forward_answer_tokens(model, batch)
+            return tokens.hidden(params.score_position).detach(), token_nll(model, tokens, cfg.loss_chunk_size), tokens.seq
+
+        hidden, nlls, seqs = [], [], []
+        with torch.no_grad():
+            was_training = loop.model.training
+            loop.model.eval()
+            for start in range(0, len(rows), chunk):  # every rank: the same rows, the same forwards
+                batch = loop.batch(rows[start:start + chunk])
+                h_part, nll_part, seq_part = run_on(loop.model, target_tokens)
+                hidden.append(h_part)
+                nlls.append(nll_part)
+                seqs.append(seq_part + start)
+            loop.model.train(was_training)
+        h, nll, seq = torch.cat(hidden), torch.cat(nlls), torch.cat(seqs)
+        is_forget = seq < len(loop.forget)
+        return pretrain_scorer(self.scorer, params, h[is_forget], nll[is_forget], seq[is_forget], len(loop.forget),
+                               h[~is_forget] if retain_rows else None, params.pretrain_steps)
+
+    # ------------------------------------------------------------------ per micro-batch
+    def after_forward(self, loop, step: int, tokens, is_forget: Tensor, q: TokenQuantities,
+                      stats: dict) -> Optional[Tensor]:
+        """The fused head: NLL, scores, loss and gradients from one call over the hidden states."""
+        if not loop.cfg.fused_head:
+            return None
+        params = self.params
+        weight, bias = lm_head(loop.model)
+        h_score = tokens.hidden(params.score_position).detach()
+        h_forget = h_score[is_forget]
+        extra = torch.zeros(())
+        if params.schedule == "alternating" and step % params.update_every == 0:
+            with torch.no_grad():
+                q.forget_nll = token_nll(loop.model, tokens, loop.cfg.loss_chunk_size)[is_forget]
+            extra = self.scorer_pass(loop, step, h_forget, q, stats, h_score[~is_forget])
+        scale = None
+        if params.score_mean_target is not None:
+            with torch.no_grad():
+                scale = mean_rescale_factor(self.scorer(h_forget), params.score_mean_target, q.n_forget,
+                                            loop.dist.all_reduce_sum if loop.dist.enabled else None)
+        out = atwu_head(tokens.hidden_pred, weight, tokens.targets, is_forget, self.scorer.weight, self.scorer.bias,
+                        score_hidden=h_score, alpha=params.alpha, gamma=params.gamma, beta=params.beta,
+                        saturation=params.saturation, score_scale=scale, bias=bias,
+                        chunk_size=loop.cfg.loss_chunk_size, n_forget=q.n_forget, n_retain=q.n_retain,
+                        **logit_transform(loop.model))
+        if params.schedule != "alternating":
+            q.forget_nll = out.nll[is_forget]
+            extra = self.scorer_pass(loop, step, h_forget, q, stats, h_score[~is_forget])
+        loop.record_nll(stats, out.nll[is_forget], out.nll[~is_forget])
+        stats["score_mean"] = out.scores[is_forget].mean().item()
+        stats["score_frac"] = (out.scores[is_forget] > 0.5).float().mean().item()
+        return out.loss + extra
+
+    def before_loss(self, loop, step: int, tokens, is_forget: Tensor, q: TokenQuantities, stats: dict) -> Tensor:
+        h_score = tokens.hidden(self.params.score_position)
+        return self.scorer_pass(loop, step, h_score[is_forget], q, stats, h_score[~is_forget])
+
+    def scorer_pass(self, loop, step: int, hidden_f: Tensor, q: TokenQuantities, stats: dict,
+                    hidden_r: Optional[Tensor] = None) -> Tensor:
+        """Scorer update on cached quantities (alternating), then the constant scores for the model loss.
+
+        ``hidden_r``: the retain tokens' hidden rows at the score position (the contrast term).
+        Returns the scorer loss to add to the model loss in the "joint" schedule, else 0.
+        """
+        params, dist = self.params, loop.dist
+        hidden_f = hidden_f.detach()
+        hidden_r = hidden_r.detach() if hidden_r is not None else None
+        nll_f = q.forget_nll.detach()
+        extra = torch.zeros(())
+        norms = None
+        if dist.enabled:
+            norms = ScorerNorms(q.nf(), q.nr(), q.nseq(), dist.world, dist.all_reduce_sum)
+        if params.schedule == "alternating" and step % params.update_every == 0:
+            parts = self.trainer.step(hidden_f, nll_f, q.forget_seq, q.n_forget_seqs, hidden_r, norms)
+            stats["scorer_loss"] = parts.total.item()
+        elif params.schedule == "joint":
+            parts = scorer_objective(self.scorer, hidden_f, nll_f, q.forget_seq, q.n_forget_seqs, params,
+                                     hidden_retain=hidden_r, norms=norms)
+            stats["scorer_loss"] = parts.total.item()
+            extra = parts.total
+        with torch.no_grad():
+            q.forget_scores = self.scorer(hidden_f)
+        stats["score_mean"] = q.forget_scores.mean().item()
+        stats["score_frac"] = (q.forget_scores > 0.5).float().mean().item()
+        if params.score_mean_target is not None:  # the model step's scores (the scorer saw the raw g)
+            q.forget_scores = rescale_to_mean(q.forget_scores, params.score_mean_target, q.n_forget,
+                                              dist.all_reduce_sum if dist.enabled else None)
+        return extra
+
+    def before_model_step(self, loop) -> None:
+        if loop.dist.enabled and self.params.schedule == "joint":
+            for p in self.scorer.parameters():  # not inside DDP: average its gradient by hand
+                loop.dist.all_reduce_sum(p.grad).div_(loop.dist.world)
+
+    # ------------------------------------------------------------------ evaluation, checkpoints, outputs
+    def token_weights(self, tokens) -> Tensor:
+        return self.scorer(tokens.hidden(self.params.score_position)).detach()
+
+    def optimised_modules(self) -> dict[str, torch.nn.Module]:
+        return {"scorer": self.scorer} if self.params.schedule == "joint" else {}
+
+    def state_dict(self) -> dict:
+        state = {"scorer": self.scorer.state_dict()}
+        if self.trainer is not None:
+            state.update(scorer_optimizer=self.trainer.optimizer.state_dict(),
+                         scorer_schedule=self.trainer.schedule.state_dict(), scorer_updates=self.trainer.updates)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scorer.load_state_dict(state["scorer"])
+        if self.trainer is not None:
+            self.trainer.optimizer.load_state_dict(state["scorer_optimizer"])
+            self.trainer.schedule.load_state_dict(state["scorer_schedule"])
+            self.trainer.updates = state["scorer_updates"]
+
+    def save(self, directory) -> None:
+        """``scorer.safetensors``: ``weight`` [D] and ``bias``."""
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in self.scorer.state_dict().items()},
+                  str(Path(directory) / SCORER_FILE))

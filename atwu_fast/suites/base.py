@@ -1,0 +1,152 @@
+"""The benchmark protocol: what the one driver (:mod:`atwu_fast.unlearn.driver`) asks of a benchmark.
+
+A suite knows how to load and encode its rows (forget / retain training rows, evaluation sets), where
+the model to unlearn comes from (a fresh copy per method) and which reference models it has (the
+embedded benchmark's retain and target models), how to evaluate a model (its metrics, per-row logs in
+the harness layout, sample generations), which forget-quality reference it uses (a retain model's
+evaluation, or published retain logs), and which columns its results table has. Everything else —
+methods, training, token scores, outputs, the report — is the driver's and the same for every suite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..data.labels import TARGET_KIND_NAMES
+from ..eval.logs import RetainReference
+
+Column = tuple[str, str, str]  # (metric key, title, format)
+
+
+@dataclass
+class BenchmarkData:
+    """A benchmark's rows: training rows (``forget``, ``retain``: ``question``/``answer`` or ``text``,
+    optionally ``target_words``) and the evaluation sets in their public schemas."""
+
+    name: str
+    forget: list[dict]
+    retain: list[dict]
+    eval_sets: dict[str, list[dict]] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """One model's evaluation on a suite."""
+
+    metrics: dict  # metric -> value (a results.json row)
+    samples: list[dict] = field(default_factory=list)  # a few forget generations: question, answer, generation
+    logs: Optional[dict] = None  # per-row logs in the reference harness's layout (<NAME>_EVAL.json)
+    retain_reference: Optional[RetainReference] = None  # what other models' forget quality needs, were this the retain model
+
+    def add(self, values: dict) -> None:
+        """Metrics measured besides the suite's own (span alignment): into ``metrics`` and, when the
+        evaluation has logs, into them as entries."""
+        self.metrics.update(values)
+        if self.logs is not None:
+            from ..eval.logs import entry
+
+            for key, value in values.items():
+                self.logs[key] = entry(value)
+
+
+class Suite:
+    """Base of every benchmark; subclasses fill the attributes in :meth:`load_data` and implement
+    :meth:`load_target` and :meth:`evaluate`."""
+
+    name = ""
+    log_name: Optional[str] = None  # <log_name>_EVAL.json / _SUMMARY.json per evaluation, when it has logs
+    kind_names: dict[int, str] = TARGET_KIND_NAMES  # how the report names the span kinds of its forget tokens
+    columns: list[Column] = []  # headline columns of its results table
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.tokenizer = None
+        self.forget_rows: list[dict] = []  # the forget rows as the data has them (the report shows their text)
+        self.forget: list[dict] = []  # encoded training rows (input_ids, labels, span_kind)
+        self.retain: list[dict] = []
+        self.has_spans = False  # the forget rows mark ground-truth forget tokens (span alignment)
+
+    # ------------------------------------------------------------------ data and models
+    def load_data(self, log: Callable[[str], None]) -> None:
+        """Load, check and encode the rows (and the tokenizer); user errors raise DataError/ValueError."""
+        raise NotImplementedError
+
+    def prepare_models(self, log: Callable[[str], None]) -> None:
+        """Make the suite's models available (e.g. fine-tune and cache them); none by default."""
+
+    def load_target(self):
+        """A fresh copy of the model to unlearn, in eval mode."""
+        raise NotImplementedError
+
+    def reference_models(self) -> dict[str, Callable[[], object]]:
+        """Models evaluated once before unlearning, as rows of the results table (name -> loader). A
+        model named "retain model" is the forget-quality reference of the others."""
+        return {}
+
+    def retain_reference(self) -> Optional[RetainReference]:
+        """The forget-quality reference that needs no model (published retain logs), if any."""
+        return None
+
+    # ------------------------------------------------------------------ the run
+    def train_config(self, train):
+        """The ``train`` section as this suite runs it (e.g. epochs turned into steps)."""
+        return train
+
+    def efficiency(self, efficiency):
+        """The ``efficiency`` section as this suite runs it (e.g. the benchmark's weights dtype)."""
+        return efficiency
+
+    def uses_cuda(self) -> bool:
+        return False
+
+    @property
+    def eval_batch_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def steps_per_epoch(self) -> Optional[int]:
+        """Optimiser steps per pass over the forget rows, where the suite counts in epochs."""
+        return None
+
+    @property
+    def eval_every(self) -> int:
+        """Steps between checkpoint evaluations during training (0: only after the last step)."""
+        return 0
+
+    @property
+    def evaluates_at_checkpoints(self) -> bool:
+        """Whether checkpoint evaluations run the full :meth:`evaluate` (else only span alignment)."""
+        return False
+
+    @property
+    def keep_best_by(self) -> str:
+        """A summary metric whose best checkpoint is kept (prefix '-' to minimise), or ''."""
+        return ""
+
+    def epoch(self, step: int) -> Optional[int]:
+        return math.ceil(step / self.steps_per_epoch) if self.steps_per_epoch else None
+
+    def default_output_dir(self, label: str, stamp: str) -> Path:
+        return Path("runs") / f"{self.name}-{label}-{stamp}"
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, model, retain: Optional[RetainReference]) -> Evaluation:
+        raise NotImplementedError
+
+    def write_logs(self, directory: Path, evaluation: Evaluation) -> None:
+        """The evaluation's per-row logs in the harness layout, when it has any."""
+        if evaluation.logs is not None and self.log_name:
+            from ..eval.logs import save_logs
+
+            save_logs(directory, evaluation.logs, self.log_name)
+
+    def columns_for(self, rows: dict[str, dict]) -> list[Column]:
+        """The headline columns of its results table: those some row has a value for."""
+        from ..report.tables import columns_for
+
+        return columns_for(self.columns, rows)

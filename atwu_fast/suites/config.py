@@ -1,0 +1,49 @@
+"""The ``benchmark`` section: which benchmark a run uses, and the options of the real ones (TOFU, RWKU,
+JSONL) on a real model; ``synthetic`` is the embedded benchmark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import check, option
+
+
+@dataclass
+class BenchmarkConfig:
+    """Real benchmarks (TOFU, RWKU, JSONL) on a real model; ``synthetic`` is the embedded one."""
+
+    name: Literal["synthetic", "tofu", "rwku", "jsonl"] = option("benchmark: synthetic (embedded), tofu, rwku or jsonl",
+                                                             "synthetic")
+    split: str = option("TOFU forget split (forget01, forget05, forget10)", "forget10")
+    model: str = option("model directory or hub id (real benchmarks)", "")
+    tokenizer: str = option("tokenizer directory or hub id (default: the model's)", "")
+    data_dir: str = option("local directory with the benchmark's files (default: the hub dataset)", "")
+    targets: int = option("RWKU: unlearn the first K targets jointly (batch setting)", 1)
+    rwku_corpus: str = option("RWKU forget corpus config (train_positive_llama3, train_positive_phi3, ...)",
+                          "train_positive_llama3")
+    forget_file: str = option("jsonl: forget rows ({question, answer} or {text}, optional target_words)", "")
+    retain_file: str = option("jsonl: retain rows (same format)", "")
+    spans_file: str = option("forget spans: JSON/JSONL rows with target_words per forget row", "")
+    chat_template: Literal["auto", "on", "off"] = option(
+        "use the tokenizer's chat template (auto: when it has one) or the plain Question/Answer template", "auto")
+    system_prompt: str = option("system prompt of the chat template ('' for none)", "You are a helpful assistant.")
+    max_length: int = option("maximum tokens per encoded row", 512)
+    max_new_tokens: int = option("greedy generation length (TOFU 200, RWKU 30)", 0)
+    eval_batch_size: int = option("rows per evaluation forward / generation batch", 32)
+    retain_logs: str = option("retain model's TOFU_EVAL.json (or its directory): forget quality and privleak", "")
+    dtype: Literal["float32", "bfloat16", "float16"] = option("model weights dtype", "float32")
+    device: str = option("torch device (auto: cuda when available)", "auto")
+    epochs: int = option("unlearning epochs over the forget set (0: use train.steps)", 0)
+    eval_every_epoch: bool = option("evaluate after every epoch (logs under epoch_N/)", False)
+    keep_best_by: str = option("with eval_every_epoch: keep the checkpoint with the best summary metric "
+                           "(prefix '-' to minimise), e.g. model_utility", "")
+    eval_before: bool = option("also evaluate the target model once before unlearning (a 'target model' row of "
+                               "the results, its logs under reference/target model/)", False)
+    trust_remote_code: bool = option("run the model repository's own Python code (only for models you trust)", False)
+
+    def validate(self) -> None:
+        check(self.targets >= 1, "benchmark.targets must be >= 1")
+        check(self.max_length >= 8, "benchmark.max_length must be >= 8")
+        check(self.max_new_tokens >= 0 and self.eval_batch_size >= 1, "benchmark eval sizes must be >= 0 / >= 1")
+        check(self.epochs >= 0, "benchmark.epochs must be >= 0")

@@ -1,0 +1,516 @@
+"""``python -m studies.sweep GRID --output-dir DIR``: run a named grid in-process and write tables.
+
+A grid is methods (each a label, a registered method and its config overrides) × model learning
+rates × seeds × generator/model variants. Every run goes through the same engine functions as
+``python -m atwu_fast.unlearn`` (the driver's ``prepare``, ``reference_rows``, ``run_method``): one process, the
+cached tokenizer/models reused, one target/retain pair per (variant, seed). A seed sets the
+generator seed, the tiny models' initialisation seed and the unlearning seed together
+(``data.seed = model.seed = train.seed``), so each seed is a fresh data set and model pair.
+
+Each finished run appends one line to ``DIR/runs.jsonl``; a re-run skips what is there (resume).
+``DIR/<grid>.md`` holds mean ± std over seeds: per variant, the training-free rankers on the target
+model and, per learning rate, log10 forget quality, model utility and span AUROC/AP. ``--list``
+prints the grids. Everything is a pure function of the grid, so the same command regenerates the
+same tables (up to CPU floating-point nondeterminism).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atwu_fast.config.options import merge, set_dotted
+from atwu_fast.data.io import atomic_write_text
+from atwu_fast.unlearn.experiment import ExperimentConfig
+
+# --------------------------------------------------------------------------- grids
+
+QUICK = {"eval.generate": False}  # forget/retain accuracy and ROUGE need generation; FQ and MU do not
+
+
+@dataclass
+class Grid:
+    methods: list[tuple[str, str, dict]]  # (label, method, dotted overrides)
+    lrs: list[float]
+    seeds: list[int]
+    variants: dict[str, dict] = field(default_factory=lambda: {"default": {}})
+    base: dict = field(default_factory=lambda: dict(QUICK))
+    doc: str = ""
+    baseline: str | None = None  # a method label: add per-seed paired differences against it
+
+
+CONTROLS = [
+    ("atwu_frozen (g=0.5)", "atwu_frozen", {}),
+    ("atwu_oracle (hard mask)", "atwu_oracle", {}),
+    ("wga", "wga", {}),
+    ("satimp", "satimp", {}),
+]
+
+ABLATIONS = [
+    ("faithful (n=5, as specified)", "atwu_faithful", {}),
+    ("n=1", "atwu_faithful", {"atwu.update_every": 1}),
+    ("n=10", "atwu_faithful", {"atwu.update_every": 10}),
+    ("joint", "atwu_faithful", {"atwu.schedule": "joint"}),
+    ("n=1, reward_norm", "atwu_faithful", {"atwu.update_every": 1, "atwu.reward_norm": True}),
+    ("n=1, reward_beta=1", "atwu_faithful", {"atwu.update_every": 1, "atwu.reward_beta": 1.0}),
+    ("λ_H=0", "atwu_faithful", {"atwu.lambda_entropy": 0.0}),
+    ("λ_P=0", "atwu_faithful", {"atwu.lambda_budget": 0.0}),
+    ("λ_2=0", "atwu_faithful", {"atwu.lambda_l2": 0.0}),
+    ("no_retain (α=0)", "atwu_faithful", {"atwu.alpha": 0.0}),
+    ("score_position=predictor", "atwu_faithful", {"atwu.score_position": "predictor"}),
+    ("saturation=raw", "atwu_faithful", {"atwu.saturation": "raw"}),
+    ("pretrain 50 (faithful reward)", "atwu_faithful", {"atwu.pretrain_steps": 50}),
+    ("pretrain 50, frozen (faithful reward)", "atwu_faithful", {"atwu.pretrain_steps": 50,
+                                                                 "atwu.schedule": "frozen"}),
+    ("contrast only, n=1", "atwu", {"atwu.lambda_reward": 0.0, "atwu.lambda_contrast": 1.0,
+                                    "atwu.update_every": 1}),
+    ("reward+contrast, n=1", "atwu", {"atwu.lambda_contrast": 1.0, "atwu.update_every": 1}),
+    ("reward+contrast, n=5", "atwu", {"atwu.lambda_contrast": 1.0}),
+    ("contrast, pretrain 50, frozen", "atwu", {"atwu.lambda_reward": 0.0, "atwu.lambda_contrast": 1.0,
+                                               "atwu.pretrain_steps": 50, "atwu.schedule": "frozen"}),
+    ("n=1, reward_beta=0 (no norm)", "atwu", {"atwu.update_every": 1, "atwu.reward_beta": 0.0}),
+    ("n=5, norm, reward_beta=0", "atwu", {"atwu.reward_norm": True, "atwu.reward_beta": 0.0}),
+    ("n=1, norm, reward_beta=0", "atwu", {"atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0}),
+    ("n=1, norm, reward_beta=0, pretrain 50", "atwu", {"atwu.update_every": 1, "atwu.reward_norm": True,
+                                                       "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50}),
+    ("n=1, norm, reward_beta=0, pretrain 50, predictor", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50,
+        "atwu.score_position": "predictor"}),
+    ("n=1, norm, reward_beta=0, pretrain 50, λ_2=0.01", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50,
+        "atwu.lambda_l2": 0.01}),
+    ("learned (rb=0, norm, n=1, predictor)", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0,
+        "atwu.score_position": "predictor"}),
+    ("learned + pretrain 50, λ_H=0", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50,
+        "atwu.score_position": "predictor", "atwu.lambda_entropy": 0.0}),
+    ("learned + pretrain 50, scorer_lr 0.2", "atwu", {
+        "atwu.update_every": 1, "atwu.reward_norm": True, "atwu.reward_beta": 0.0, "atwu.pretrain_steps": 50,
+        "atwu.score_position": "predictor", "atwu.scorer_lr": 0.2}),
+    ("atwu_nll (rb=0, norm, n=1, predictor, pretrain 50)", "atwu_nll", {}),
+    ("atwu_frozen (g=0.5)", "atwu_frozen", {}),
+]
+
+MAIN = [("atwu_faithful", "atwu_faithful", {}), ("atwu_nll", "atwu_nll", {})]
+
+# The log-loss fit study (docs/scorer_study.md, "Log-loss fit"): atwu_logfit and one-change ablations of it.
+# The ablations run plain `atwu` with atwu_logfit's settings spelled out (a variant fixes its fields).
+LOGFIT = {"atwu.lambda_reward": 0.0, "atwu.lambda_fit": 1.0, "atwu.lambda_entropy": 0.0, "atwu.lambda_budget": 0.0,
+          "atwu.lambda_l2": 0.01, "atwu.update_every": 1, "atwu.score_position": "predictor",
+          "atwu.pretrain_steps": 50}
+LOGFIT_ABLATIONS = [
+    ("atwu_logfit", "atwu_logfit", {}),
+    ("logfit settings via atwu (= atwu_logfit)", "atwu", LOGFIT),
+    ("logfit, no pretraining", "atwu", {**LOGFIT, "atwu.pretrain_steps": 0}),
+    ("logfit, λ_2=1", "atwu", {**LOGFIT, "atwu.lambda_l2": 1.0}),
+    ("logfit, token position", "atwu", {**LOGFIT, "atwu.score_position": "token"}),
+    ("logfit, n=5", "atwu", {**LOGFIT, "atwu.update_every": 5}),
+    ("logfit + entropy and budget (λ_H=1, λ_P=10)", "atwu", {**LOGFIT, "atwu.lambda_entropy": 1.0,
+                                                              "atwu.lambda_budget": 10.0}),
+    ("logfit + atwu_nll reward", "atwu", {**LOGFIT, "atwu.lambda_reward": 1.0, "atwu.reward_beta": 0.0,
+                                          "atwu.reward_norm": True}),
+    ("logfit, pretrain 50, frozen", "atwu", {**LOGFIT, "atwu.schedule": "frozen"}),
+]
+
+GRIDS: dict[str, Grid] = {
+    "headline": Grid(MAIN + [c for c in CONTROLS if c[1] != "wga"], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2],
+                     doc="faithful vs improved ATWU vs controls, 3 model/data seeds, 3 learning rates"),
+    "ablations": Grid(ABLATIONS, lrs=[1e-3], seeds=[0],
+                      doc="every ablation of the method as specified and the scorer-objective study, default generator, lr 1e-3"),
+    "robustness": Grid(MAIN + [("atwu_logfit", "atwu_logfit", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {}),
+                               ("satimp", "satimp", {})],
+                       lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2], baseline="atwu_faithful",
+                       variants={
+                           "templates_per_fact=1": {"data.templates_per_fact": 1},
+                           "unique_share=0.7": {"data.unique_share": 0.7},
+                           "hidden_size=256": {"model.hidden_size": 256, "model.intermediate_size": 768},
+                       },
+                       doc="other generator settings and a wider model (settings fixed before any result)"),
+    "logfit": Grid([("atwu_logfit", "atwu_logfit", {})], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2],
+                   doc="the log-loss fit scorer (atwu_logfit), 3 seeds, 3 learning rates; compare with `headline`"),
+    "logfit_frontier": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_logfit", "atwu_logfit", {}),
+                             ("atwu_frozen (g=0.5)", "atwu_frozen", {})], lrs=[5e-3, 7e-3], seeds=[0, 1, 2],
+                            doc="faithful, atwu_logfit and frozen between lr 3e-3 and 1e-2: the FQ-MU frontier "
+                                "(compare with `headline` and `logfit`)"),
+    "logfit_mean": Grid([("atwu_logfit, score mean 0.5", "atwu", {**LOGFIT, "atwu.score_mean_target": 0.5})],
+                        lrs=[1e-3, 3e-3, 5e-3, 7e-3, 1e-2], seeds=[0, 1, 2],
+                        doc="atwu_logfit with the model step's scores rescaled to batch mean 0.5 (the frozen "
+                            "control's level): ranking from the scorer, total push fixed"),
+    "logfit_magnitude": Grid([("atwu_logfit, score mean 0.44", "atwu", {**LOGFIT, "atwu.score_mean_target": 0.44}),
+                              ("atwu_frozen (g=0.44)", "atwu_frozen", {"atwu.init_score": 0.44})],
+                             lrs=[1e-2], seeds=[0, 1, 2],
+                             doc="lr 1e-2 diagnostic: atwu_logfit's ranking and a frozen control, both at "
+                                 "faithful ATWU's measured mean score (0.44)"),
+    "logfit_ablations": Grid(LOGFIT_ABLATIONS, lrs=[1e-3], seeds=[0],
+                             doc="one-change ablations of atwu_logfit, default generator, lr 1e-3"),
+    "paired": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_logfit", "atwu_logfit", {}),
+                    ("atwu_frozen (g=0.5)", "atwu_frozen", {}), ("atwu_oracle (unique spans)", "atwu_oracle", {}),
+                    ("atwu_oracle_facts (all fact spans)", "atwu_oracle_facts", {})],
+                   lrs=[1e-3, 3e-3, 5e-3, 7e-3, 1e-2], seeds=list(range(8)), baseline="atwu_faithful",
+                   doc="atwu_logfit, the frozen control and two hard-mask oracles vs faithful ATWU, paired per "
+                       "seed: 8 model/data seeds (0-7) at five learning rates, the test of 'unlearns at least as "
+                       "well'"),
+    "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
+                  lrs=[1e-3], seeds=[0], base={**QUICK, "train.steps": 3},
+                  doc="a seconds-long check of the machinery"),
+}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def dotted_to_nested(overrides: dict) -> dict:
+    nested: dict = {}
+    for key, value in overrides.items():
+        set_dotted(nested, key, value)
+    return nested
+
+
+def run_key(variant: str, seed: int, lr: float, label: str) -> str:
+    return f"{variant}|{seed}|{lr:g}|{label}"
+
+
+def seed_overrides(seed: int) -> dict:
+    return {"data.seed": seed, "model.seed": seed, "train.seed": seed}
+
+
+def load_runs(path: Path) -> dict[str, dict]:
+    runs = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                runs[row["key"]] = row
+    return runs
+
+
+def shard_pairs(grid: Grid, shard: tuple[int, int]) -> list[tuple[str, dict, int]]:
+    """The (variant, overrides, seed) pairs shard ``(k, n)`` runs: every n-th from the k-th."""
+    pairs = [(v, over, seed) for v, over in grid.variants.items() for seed in grid.seeds]
+    return pairs[shard[0]::shard[1]]
+
+
+def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int, log=print,
+             shard: tuple[int, int] = (0, 1)) -> dict[str, dict]:
+    """Run the grid's missing runs; with ``shard=(k, n)`` only every n-th (variant, seed) pair from
+    the k-th on, so n processes can share one output directory (appends are single short lines)."""
+    from atwu_fast.model.distributed import SINGLE
+    from atwu_fast.model.loading import quiet_libraries
+    from atwu_fast.suites import make_suite
+    from atwu_fast.unlearn.driver import Run, prepare, reference_rows, run_method
+
+    if threads:
+        torch.set_num_threads(threads)
+    quiet_libraries()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_path = out_dir / "runs.jsonl"
+    runs = load_runs(runs_path)
+    scratch = Path(tempfile.mkdtemp(prefix="atwu-sweep-"))
+    try:
+        for variant, variant_over, seed in shard_pairs(grid, shard):
+            todo = [(lr, m) for lr in grid.lrs for m in grid.methods
+                    if run_key(variant, seed, lr, m[0]) not in runs]
+            ref_key = run_key(variant, seed, 0.0, "__reference__")
+            if not todo and ref_key in runs:
+                continue
+            base = {**grid.base, **variant_over, **seed_overrides(seed), "cache_dir": cache_dir}
+            cfg = merge(ExperimentConfig(), dotted_to_nested(base), where=f"grid {name}")
+            suite = make_suite(cfg)
+            prepare(suite, SINGLE, lambda m: log(f"  {m}"))
+            shared = Run(cfg, suite, scratch, quiet=True)
+            reference, retain_r = split_reference(reference_rows(shared))
+            if ref_key not in runs:
+                runs[ref_key] = append(runs_path, {"key": ref_key, "variant": variant, "seed": seed, "lr": 0.0,
+                                                   "label": "__reference__", "reference": reference})
+            for lr, (label, method, over) in todo:
+                run_cfg = merge(cfg, dotted_to_nested({**over, "train.lr": lr}), where=label)
+                t0 = time.perf_counter()
+                run_dir = scratch / f"run{len(runs)}"
+                metrics = run_method(method, Run(run_cfg, suite, run_dir, retain=shared.retain, quiet=True))
+                shutil.rmtree(run_dir, ignore_errors=True)
+                key = run_key(variant, seed, lr, label)
+                runs[key] = append(runs_path, {"key": key, "variant": variant, "seed": seed, "lr": lr,
+                                               "label": label, "method": method, "overrides": over,
+                                               "metrics": metrics})
+                log(f"{variant} seed {seed} lr {lr:g} {label}: FQ {metrics['forget_quality']:.2e} "
+                    f"MU {metrics['model_utility']:.3f} AUROC end {fmt(metrics.get('span_auroc'))} "
+                    f"avg {fmt(metrics.get('span_auroc_avg'))}  ({time.perf_counter() - t0:.0f}s)")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return runs
+
+
+def split_reference(out) -> tuple[dict, np.ndarray]:
+    """``reference_rows``'s answer as (reference without the raw ratios, retain forget truth ratios)."""
+    if isinstance(out, tuple):
+        return out
+    reference = {k: v for k, v in out.items() if k != "retain_forget_truth_ratios"}
+    return reference, np.asarray(out["retain_forget_truth_ratios"])
+
+
+def append(path: Path, row: dict) -> dict:
+    from atwu_fast.data.io import _clean_nans
+
+    with path.open("a") as f:
+        f.write(json.dumps(_clean_nans(row)) + "\n")
+    return row
+
+
+def fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def mean_std(values: list) -> str:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
+
+
+def log10(value):
+    return None if value is None else math.log10(max(float(value), 1e-300))
+
+
+METRIC_COLUMNS = [
+    ("log10 FQ", lambda m: log10(m.get("forget_quality"))),
+    ("MU", lambda m: m.get("model_utility")),
+    ("AUROC end", lambda m: m.get("span_auroc")),
+    ("AUROC avg", lambda m: m.get("span_auroc_avg")),
+    ("AP end", lambda m: m.get("span_ap")),
+    ("AUROC all-facts end", lambda m: m.get("span_auroc_all")),
+]
+
+
+def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
+    lines = [f"# Sweep `{name}`", "", grid.doc, "",
+             f"Seeds (data.seed = model.seed = train.seed): {grid.seeds}; mean ± sample std over seeds "
+             f"(n = {len(grid.seeds)}). Base overrides: `{grid.base}`. Span AUROC/AP: learned (or fixed) token "
+             "weights vs author-unique fact tokens of the forget set (AUROC all-facts: vs every fact token); "
+             "'end' after the last step, 'avg' the mean over the evaluation checkpoints.", ""]
+    for variant, over in grid.variants.items():
+        lines += [f"## Variant `{variant}` {over or ''}".rstrip(), ""]
+        refs = [runs.get(run_key(variant, s, 0.0, "__reference__")) for s in grid.seeds]
+        refs = [r["reference"] for r in refs if r]
+        if refs:
+            lines += ["Training-free rankers on the target model:", "",
+                      "| ranker | AUROC unique | AP unique | AUROC all facts |", "|---|---|---|---|"]
+            for ranker in refs[0]["rankers"]:
+                vals = [r["rankers"][ranker] for r in refs]
+                lines.append(f"| {ranker} | {mean_std([v['span_auroc'] for v in vals])} | "
+                             f"{mean_std([v['span_ap'] for v in vals])} | "
+                             f"{mean_std([v['span_auroc_all'] for v in vals])} |")
+            models = refs[0]["models"]
+            for model in models:
+                vals = [r["models"][model] for r in refs]
+                lines.append("")
+                lines.append(f"{model}: MU {mean_std([v.get('model_utility') for v in vals])}, log10 FQ "
+                             f"{mean_std([log10(v.get('forget_quality')) for v in vals])}")
+            lines.append("")
+        for lr in grid.lrs:
+            lines += [f"### lr {lr:g}", "", "| method | n | " + " | ".join(c for c, _ in METRIC_COLUMNS) + " |",
+                      "|---|---|" + "---|" * len(METRIC_COLUMNS)]
+            for label, _, _ in grid.methods:
+                rows = [runs.get(run_key(variant, s, lr, label)) for s in grid.seeds]
+                rows = [r["metrics"] for r in rows if r]
+                if not rows:
+                    continue
+                cells = [mean_std([f(m) for m in rows]) for _, f in METRIC_COLUMNS]
+                lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def paired_deltas(base: list, other: list) -> tuple[float, float, float, int] | None:
+    """Mean, sample std and 95 % t-interval half-width of the per-seed differences other − base,
+    and how many are ≥ 0 (``None`` with fewer than two complete pairs)."""
+    from scipy import stats
+
+    deltas = [o - b for b, o in zip(base, other) if b is not None and o is not None]
+    if len(deltas) < 2:
+        return None
+    std = float(np.std(deltas, ddof=1))
+    half = float(stats.t.ppf(0.975, len(deltas) - 1)) * std / math.sqrt(len(deltas))
+    return float(np.mean(deltas)), std, half, sum(d >= 0 for d in deltas)
+
+
+def delta_cell(d, digits: int = 3) -> list[str]:
+    """``paired_deltas``'s answer as table cells: mean ± std, the 95 % interval."""
+    if d is None:
+        return ["-", "-"]
+    mean, std, half, _ = d
+    return [f"{mean:+.{digits}f} ± {std:.{digits}f}", f"[{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]"]
+
+
+PAIRED_COLUMNS = METRIC_COLUMNS[:2]  # log10 FQ and MU: the unlearning outcome
+
+
+def paired_tables(grid: Grid, runs: dict[str, dict]) -> str:
+    """Per learning rate, each method minus ``grid.baseline`` on the same seed (same data, models and
+    batch order): mean ± std, the 95 % confidence interval of the mean, and the seeds with Δ ≥ 0."""
+    if grid.baseline is None:
+        return ""
+    lines = [f"## Paired differences vs `{grid.baseline}` (same seed; higher is better)", "",
+             "Δ = method − baseline per seed; CI = mean ± t(0.975, n−1)·std/√n; '≥ 0' counts the seeds where "
+             "the method is at least as good.", ""]
+    for variant in grid.variants:
+        lines += [f"### Variant `{variant}`", "", "| lr | method | n | " +
+                  " | ".join(f"Δ {c} | CI {c} | ≥ 0" for c, _ in PAIRED_COLUMNS) + " |",
+                  "|---|---|---|" + "---|---|---|" * len(PAIRED_COLUMNS)]
+        for lr in grid.lrs:
+            base_rows = [runs.get(run_key(variant, s, lr, grid.baseline)) for s in grid.seeds]
+            for label, _, _ in grid.methods:
+                if label == grid.baseline:
+                    continue
+                rows = [runs.get(run_key(variant, s, lr, label)) for s in grid.seeds]
+                pairs = [(b["metrics"], r["metrics"]) for b, r in zip(base_rows, rows) if b and r]
+                cells = []
+                for _, f in PAIRED_COLUMNS:
+                    d = paired_deltas([f(b) for b, _ in pairs], [f(r) for _, r in pairs])
+                    cells += delta_cell(d) + ["-" if d is None else f"{d[3]}/{len(pairs)}"]
+                lines.append(f"| {lr:g} | {label} | {len(pairs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+FRONTIER_LEVELS = (-12.0, -10.0, -8.0, -6.0, -4.0, -3.0, -2.0)  # log10 forget quality
+
+
+def frontier_mu(points: list[tuple[float, float]], level: float) -> float | None:
+    """The best model utility reached at forget quality ≥ ``level`` along one method's runs.
+
+    ``points`` are (log10 FQ, MU), one per learning rate in increasing lr order; consecutive runs
+    are joined by straight segments (what lrs in between would give, to first order). On each
+    segment the part with log10 FQ ≥ level is an interval, and MU is linear on it, so its best MU is
+    at an end: a run that reaches the level, or the point where the segment crosses it. ``None``
+    if no run reaches the level (the method cannot forget that much within the lr range).
+    """
+    best = None
+    for i, (fq, mu) in enumerate(points):
+        if fq >= level:
+            best = mu if best is None else max(best, mu)
+        if i + 1 < len(points):
+            fq2, mu2 = points[i + 1]
+            if (fq - level) * (fq2 - level) < 0:
+                cross = mu + (mu2 - mu) * (level - fq) / (fq2 - fq)
+                best = cross if best is None else max(best, cross)
+    return best
+
+
+def frontier_tables(grid: Grid, runs: dict[str, dict]) -> str:
+    """Model utility at equal forget quality: per seed, each method's best MU at log10 FQ ≥ level
+    (:func:`frontier_mu` over its learning rates), paired against ``grid.baseline`` on that seed.
+    This compares the forget-quality/utility trade-off itself, not runs at one lr."""
+    if grid.baseline is None or len(grid.lrs) < 2:
+        return ""
+    lines = [f"## Utility at equal forget quality vs `{grid.baseline}` (paired per seed)", "",
+             "Per seed and method: the best MU over runs with log10 FQ ≥ level, consecutive learning rates "
+             "joined linearly; Δ = method − baseline on the same seed, only where both reach the level. A cell "
+             "is the mean Δ, its 95 % interval, the seeds with Δ ≥ 0 over the paired seeds, and how many seeds "
+             "each reaches the level (baseline, method). Levels beyond the grid's lowest or highest lr only see "
+             "its end runs.", ""]
+    levels = " | ".join(f"{lv:g}" for lv in FRONTIER_LEVELS)
+    for variant in grid.variants:
+        lines += [f"### Variant `{variant}`", "", f"| method \\ log10 FQ ≥ | {levels} |",
+                  "|---|" + "---|" * len(FRONTIER_LEVELS)]
+        curves = {(label, seed): frontier_points(runs, variant, seed, grid.lrs, label)
+                  for label, _, _ in grid.methods for seed in grid.seeds}
+        for label, _, _ in grid.methods:
+            if label == grid.baseline:
+                continue
+            cells = []
+            for level in FRONTIER_LEVELS:
+                reach_b = reach_o = 0
+                base, other = [], []
+                for seed in grid.seeds:
+                    b, o = curves[(grid.baseline, seed)], curves[(label, seed)]
+                    b = frontier_mu(b, level) if b else None
+                    o = frontier_mu(o, level) if o else None
+                    reach_b += b is not None
+                    reach_o += o is not None
+                    if b is not None and o is not None:
+                        base.append(b)
+                        other.append(o)
+                d = paired_deltas(base, other)
+                reach = f"(reach {reach_b}/{reach_o})"
+                cells.append(f"- {reach}" if d is None else
+                             f"{d[0]:+.3f} {delta_cell(d)[1]} {d[3]}/{len(base)} {reach}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def frontier_points(runs: dict[str, dict], variant: str, seed: int, lrs: list[float],
+                    label: str) -> list[tuple[float, float]] | None:
+    """(log10 FQ, MU) of one method and seed in increasing lr order; ``None`` if a run is missing or
+    has no finite FQ or MU (a diverged run), so that seed is left out rather than guessed."""
+    points = []
+    for lr in sorted(lrs):
+        row = runs.get(run_key(variant, seed, lr, label))
+        if row is None:
+            return None
+        fq, mu = row["metrics"].get("forget_quality"), row["metrics"].get("model_utility")
+        if fq is None or mu is None or not (math.isfinite(fq) and math.isfinite(mu)):
+            return None
+        points.append((log10(fq), float(mu)))
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studies.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("grids", nargs="*", help=f"grid names ({', '.join(GRIDS)}); 'all' for every grid but smoke")
+    parser.add_argument("--output-dir", default="runs/sweep", help="runs.jsonl and <grid>.md go here")
+    parser.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tables-only", action="store_true", help="rebuild the tables from runs.jsonl")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="run only every N-th (variant, seed) pair from the K-th (start N processes "
+                             "K = 0..N-1 on one output dir; then rebuild the tables with --tables-only)")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args(argv)
+    if args.list or not args.grids:
+        for name, grid in GRIDS.items():
+            n = len(grid.methods) * len(grid.lrs) * len(grid.seeds) * len(grid.variants)
+            print(f"{name}: {n} runs — {grid.doc}")
+        return 0
+    names = [n for n in GRIDS if n != "smoke"] if args.grids == ["all"] else args.grids
+    unknown = [n for n in names if n not in GRIDS]
+    if unknown:
+        print(f"error: unknown grid(s) {unknown}; choose from {', '.join(GRIDS)}", file=sys.stderr)
+        return 2
+    try:
+        k, n = (int(x) for x in args.shard.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        print(f"error: --shard must be K/N with 0 <= K < N, got {args.shard!r}", file=sys.stderr)
+        return 2
+    for name in names:
+        out = Path(args.output_dir) / name
+        grid = GRIDS[name]
+        if not args.tables_only:
+            run_grid(name, grid, out, args.cache_dir, args.threads, lambda m: print(m, flush=True), (k, n))
+        runs = load_runs(out / "runs.jsonl")  # every shard's rows
+        text = "\n".join([tables(name, grid, runs), paired_tables(grid, runs), frontier_tables(grid, runs)])
+        atomic_write_text(out / f"{name}.md", text + "\n")
+        print(f"tables written to {out / (name + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

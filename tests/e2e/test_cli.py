@@ -1,0 +1,102 @@
+"""`python -m atwu_fast.unlearn` end to end on a tiny config, and its one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from atwu_fast.unlearn.__main__ import main
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "--data.n_forget_authors", "4", "--data.n_retain_authors", "5", "--data.n_holdout_authors", "2",
+    "--data.n_general", "6", "--tokenizer.vocab_size", "400", "--model.hidden_size", "32",
+    "--model.num_layers", "1", "--model.num_heads", "2", "--model.intermediate_size", "64",
+    "--pretrain.max_steps", "25", "--pretrain.min_steps", "1", "--train.steps", "4",
+    "--train.forget_batch_size", "4", "--train.retain_batch_size", "4", "--eval.eval_every", "2",
+    "--eval.max_new_tokens", "6", "--eval.retain_authors", "0", "--threads", "1",
+]
+REQUIRED = {"forget_quality", "model_utility", "forget_acc", "retain_acc", "span_auroc", "span_ap", "span_auroc_avg"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "out"
+    assert main(TINY + ["--methods", "atwu,wga,grad_diff", "--output-dir", str(out),
+                        "--cache-dir", str(root / "cache")]) == 0
+    return out, root
+
+
+def test_results_json_has_every_method_and_required_keys(run_dir):
+    out, _ = run_dir
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"atwu", "wga", "grad_diff"}
+    for name, metrics in results.items():
+        assert REQUIRED <= set(metrics), name
+        assert 0.0 <= metrics["forget_quality"] <= 1.0
+        assert 0.0 <= metrics["model_utility"] <= 1.0
+    assert 0.0 <= results["atwu"]["span_auroc"] <= 1.0
+    assert results["grad_diff"]["span_auroc"] is None  # GradDiff has no token weights
+
+
+def test_outputs_model_scorer_and_resolved_config(run_dir):
+    out, _ = run_dir
+    model = AutoModelForCausalLM.from_pretrained(out / "atwu" / "model")
+    assert model.config.hidden_size == 32
+    scorer = load_file(str(out / "atwu" / "scorer.safetensors"))
+    assert scorer["weight"].shape == (32,)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["train"]["steps"] == 4 and cfg["methods"] == ["atwu", "wga", "grad_diff"]
+    history = json.loads((out / "atwu" / "history.json").read_text())
+    assert [c["step"] for c in history["span_checkpoints"]] == [2, 4]
+    assert len(history["steps"]) == 4
+
+
+def test_models_are_cached_and_reused(run_dir, capsys):
+    out, root = run_dir
+    assert main(TINY + ["--method", "wga", "--output-dir", str(root / "out2"), "--cache-dir", str(root / "cache")]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuning" not in printed and "training a byte-level BPE" not in printed
+    first = json.loads((out / "results.json").read_text())["wga"]
+    second = json.loads((root / "out2" / "results.json").read_text())["wga"]
+    assert first["forget_quality"] == pytest.approx(second["forget_quality"])  # deterministic
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train.lr", "fast"], "train.lr: expected a number"),
+    (["--method", "atwv"], "did you mean 'atwu'"),
+    (["--train.stepz", "3"], "unrecognized arguments"),
+    (["--atwu.budget", "2"], "atwu.budget must be in (0, 1)"),
+    (["--config", "missing.yaml"], "config file not found"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "atwu_fast.unlearn", *args, "--output-dir", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_yaml_config_with_unknown_key_suggests(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.01\n  stepps: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "atwu_fast.unlearn", "--config", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown key 'stepps' (did you mean 'steps'?)" in proc.stderr
+
+
+def test_help_documents_every_option():
+    proc = subprocess.run([sys.executable, "-m", "atwu_fast.unlearn", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--atwu.update_every", "--train.lr", "--data.n_forget_authors", "--methods", "--config"):
+        assert flag in proc.stdout

@@ -1,0 +1,156 @@
+"""The sweep command: grids are valid configs, aggregation is mean ± sample std, resume skips."""
+
+import json
+
+import pytest
+
+from atwu_fast.config.options import merge
+from atwu_fast.methods import METHODS
+from atwu_fast.unlearn.experiment import ExperimentConfig
+from studies import sweep
+
+
+@pytest.mark.parametrize("name", sorted(sweep.GRIDS))
+def test_every_grid_entry_is_a_valid_config(name):
+    grid = sweep.GRIDS[name]
+    labels = [label for label, _, _ in grid.methods]
+    assert len(labels) == len(set(labels))
+    for variant in grid.variants.values():
+        for seed in grid.seeds:
+            base = merge(ExperimentConfig(), sweep.dotted_to_nested({**grid.base, **variant,
+                                                                     **sweep.seed_overrides(seed)}))
+            assert base.data.seed == base.model.seed == base.train.seed == seed
+            for _label, method, over in grid.methods:
+                assert method in METHODS
+                for lr in grid.lrs:
+                    cfg = merge(base, sweep.dotted_to_nested({**over, "train.lr": lr}))
+                    assert cfg.train.lr == lr
+
+
+def test_mean_std_and_tables():
+    assert sweep.mean_std([1.0, 2.0, 3.0]) == "2.000 ± 1.000"
+    assert sweep.mean_std([0.5]) == "0.500"
+    assert sweep.mean_std([None, float("nan")]) == "-"
+    grid = sweep.Grid([("a", "atwu", {})], lrs=[1e-3], seeds=[0, 1])
+    runs = {}
+    for seed, auc in ((0, 0.6), (1, 0.8)):
+        key = sweep.run_key("default", seed, 1e-3, "a")
+        runs[key] = {"metrics": {"forget_quality": 1e-2, "model_utility": 0.5, "span_auroc": auc,
+                                 "span_auroc_avg": auc, "span_ap": 0.3, "span_auroc_all": 0.5}}
+    text = sweep.tables("t", grid, runs)
+    assert "| a | 2 | -2.000 ± 0.000 | 0.500 ± 0.000 | 0.700 ± 0.141 |" in text
+
+
+def test_load_runs_resumes(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    sweep.append(path, {"key": "k1", "metrics": {"x": float("nan")}})
+    sweep.append(path, {"key": "k2", "metrics": {}})
+    runs = sweep.load_runs(path)
+    assert set(runs) == {"k1", "k2"}
+    assert json.loads(path.read_text().splitlines()[0])["metrics"]["x"] is None
+
+
+def test_list_exits_cleanly(capsys):
+    assert sweep.main(["--list"]) == 0
+    assert "headline" in capsys.readouterr().out
+    assert sweep.main(["nonexistent"]) == 2
+
+
+def test_split_reference_accepts_both_shapes():
+    import numpy as np
+
+    ref, r = sweep.split_reference({"models": {}, "rankers": {}, "retain_forget_truth_ratios": [0.5, 0.7]})
+    assert "retain_forget_truth_ratios" not in ref and np.allclose(r, [0.5, 0.7])
+    ref2, r2 = sweep.split_reference(({"models": {}}, np.ones(2)))
+    assert ref2 == {"models": {}} and np.allclose(r2, 1)
+
+
+def test_logfit_ablation_base_is_the_atwu_logfit_variant():
+    """The ablations run plain `atwu` with atwu_logfit's settings spelled out; they must stay equal
+    (overriding a variant's fixed field would be silently ignored)."""
+    from atwu_fast.methods import get_method
+
+    cfg = merge(ExperimentConfig(), sweep.dotted_to_nested(sweep.LOGFIT))
+    assert get_method("atwu").params(cfg.atwu) == get_method("atwu_logfit").params(ExperimentConfig().atwu)
+    for label, method, over in sweep.LOGFIT_ABLATIONS[2:]:
+        assert method == "atwu" and over != sweep.LOGFIT, label
+
+
+def test_paired_tables_difference_each_seed_against_the_baseline():
+    """Δ is per seed (method − baseline on the same seed), its CI a t-interval, '≥ 0' a count."""
+    grid = sweep.Grid([("base", "atwu", {}), ("new", "atwu", {})], lrs=[1e-2], seeds=[0, 1, 2], baseline="base")
+    runs = {}
+    # baseline MU differs a lot between seeds; the method is exactly 0.01 / 0.02 / 0.03 above it
+    for seed, (mu_b, fq_b) in enumerate(((0.5, 1e-2), (0.7, 1e-3), (0.6, 1e-2))):
+        runs[sweep.run_key("default", seed, 1e-2, "base")] = {"metrics": {"model_utility": mu_b,
+                                                                          "forget_quality": fq_b}}
+        runs[sweep.run_key("default", seed, 1e-2, "new")] = {"metrics": {"model_utility": mu_b + 0.01 * (seed + 1),
+                                                                         "forget_quality": fq_b / 10}}
+    mean, std, half, nonneg = sweep.paired_deltas([0.5, 0.7, 0.6], [0.51, 0.72, 0.63])
+    assert mean == pytest.approx(0.02) and std == pytest.approx(0.01) and nonneg == 3
+    assert half == pytest.approx(4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)
+    text = sweep.paired_tables(grid, runs)
+    row = next(line for line in text.splitlines() if line.startswith("| 0.01 | new |"))
+    assert "| -1.000 ± 0.000 |" in row and "| 0/3 |" in row  # FQ one decade worse on every seed
+    assert "| +0.020 ± 0.010 | [-0.005, +0.045] | 3/3 |" in row
+    assert sweep.paired_deltas([0.5], [0.6]) is None
+    assert sweep.paired_tables(sweep.Grid([("a", "atwu", {})], lrs=[1e-3], seeds=[0]), {}) == ""
+
+
+def test_shards_partition_the_seed_pairs():
+    grid = sweep.GRIDS["robustness"]
+    everything = sweep.shard_pairs(grid, (0, 1))
+    parts = [sweep.shard_pairs(grid, (k, 4)) for k in range(4)]
+    assert sorted(map(repr, sum(parts, []))) == sorted(map(repr, everything))
+    assert all(parts) and len(everything) == len(grid.variants) * len(grid.seeds)
+    assert sweep.main(["smoke", "--shard", "2/2"]) == 2 and sweep.main(["smoke", "--shard", "x"]) == 2
+
+
+def test_frontier_mu_is_the_best_utility_at_or_above_a_forget_quality():
+    # (log10 FQ, MU) per lr, increasing lr: forgetting rises, utility falls, FQ not monotone at the end
+    pts = [(-12.0, 0.86), (-8.0, 0.83), (-4.0, 0.65), (-2.0, 0.53), (-3.0, 0.40)]
+    assert sweep.frontier_mu(pts, -12.0) == pytest.approx(0.86)
+    assert sweep.frontier_mu(pts, -10.0) == pytest.approx(0.845)  # halfway along the first segment
+    assert sweep.frontier_mu(pts, -4.0) == pytest.approx(0.65)
+    assert sweep.frontier_mu(pts, -3.0) == pytest.approx(0.59)  # crossing of (-4, .65)-(-2, .53), not the last run
+    assert sweep.frontier_mu(pts, -2.5) == pytest.approx(0.56)
+    assert sweep.frontier_mu(pts, -1.0) is None  # never forgets that much
+    assert sweep.frontier_mu([(-5.0, 0.7)], -6.0) == 0.7
+
+
+def test_frontier_tables_pair_methods_at_equal_forget_quality():
+    grid = sweep.Grid([("base", "atwu", {}), ("new", "atwu", {})], lrs=[1e-3, 1e-2], seeds=[0, 1], baseline="base")
+    runs = {}
+    for seed in (0, 1):
+        for lr, (fq, mu) in ((1e-3, (1e-12, 0.86)), (1e-2, (1e-2, 0.50))):
+            runs[sweep.run_key("default", seed, lr, "base")] = {"metrics": {"forget_quality": fq, "model_utility": mu}}
+            # the new method: the same utilities, but one decade more forgetting at each lr
+            runs[sweep.run_key("default", seed, lr, "new")] = {"metrics": {"forget_quality": fq * 10,
+                                                                            "model_utility": mu}}
+    row = next(line for line in sweep.frontier_tables(grid, runs).splitlines() if line.startswith("| new |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    levels = list(sweep.FRONTIER_LEVELS)
+    # at log10 FQ >= -4 the baseline's best MU is 0.86 - 0.36*8/10 = 0.572, the new one's 0.86 - 0.36*7/10 = 0.608
+    assert cells[levels.index(-4.0)].startswith("+0.036 [")
+    assert cells[levels.index(-12.0)].startswith("+0.000 [") and cells[levels.index(-12.0)].endswith("2/2 (reach 2/2)")
+    assert cells[levels.index(-2.0)].startswith("+0.036 [")  # new reaches -2 inside the range, base only at its end
+
+
+def test_frontier_tables_count_reach_and_skip_diverged_runs():
+    """A seed whose run has no finite FQ/MU (diverged; NaN is stored as null) is left out, not a crash,
+    and each cell says how many seeds reach the level for the baseline and for the method."""
+    grid = sweep.Grid([("base", "atwu", {}), ("new", "atwu", {})], lrs=[1e-3, 1e-2], seeds=[0, 1, 2],
+                      baseline="base")
+    runs = {}
+    for seed in (0, 1, 2):
+        for lr, (fq, mu) in ((1e-3, (1e-12, 0.86)), (1e-2, (1e-2, 0.50))):
+            runs[sweep.run_key("default", seed, lr, "base")] = {"metrics": {"forget_quality": fq, "model_utility": mu}}
+            # the new method forgets less: it never reaches log10 FQ -2 (ends at -3)
+            runs[sweep.run_key("default", seed, lr, "new")] = {"metrics": {"forget_quality": fq / 10,
+                                                                            "model_utility": mu}}
+    runs[sweep.run_key("default", 2, 1e-2, "new")]["metrics"]["model_utility"] = None  # diverged
+    row = next(line for line in sweep.frontier_tables(grid, runs).splitlines() if line.startswith("| new |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    levels = list(sweep.FRONTIER_LEVELS)
+    assert cells[levels.index(-2.0)] == "- (reach 3/0)"
+    assert cells[levels.index(-4.0)].endswith("0/2 (reach 3/2)")  # seed 2 left out, less utility than base

@@ -1,0 +1,95 @@
+"""The house keeps its shape: no import cycle inside the package, nothing imports the command layer,
+a small top level, and no pointer to documents the project does not ship."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "atwu_fast"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of the package that ``name`` imports anywhere (top level or inside functions)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        out.update(t for t in targets if t in known and t != name)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports(name, path, set(mods)) for name, path in mods.items()}
+
+
+def test_the_resolver_sees_relative_imports():
+    g = graph()
+    assert "atwu_fast.train.config" in g["atwu_fast.train.trainer"]
+    assert "atwu_fast.methods.base" in g["atwu_fast.train.trainer"]
+    assert "atwu_fast.unlearn.driver" in g["atwu_fast.unlearn.__main__"]
+
+
+def test_no_import_cycle():
+    g = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(g[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if not state.get(nxt):
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(g):
+        if not state.get(node):
+            visit(node)
+
+
+def test_nothing_imports_the_command_layer():
+    """``python -m atwu_fast.<command>`` modules parse arguments and call the library; the library
+    never reaches up into them."""
+    g = graph()
+    commands = {m for m in g if m.endswith(".__main__")}
+    assert {"atwu_fast.unlearn.__main__", "atwu_fast.eval.__main__", "atwu_fast.report.__main__",
+            "atwu_fast.plan.__main__"} <= commands
+    upward = sorted((m, c) for m, deps in g.items() for c in deps & commands)
+    assert not upward, upward
+
+
+def test_top_level_holds_at_most_ten_entries():
+    entries = [p.name for p in PACKAGE.iterdir() if p.name not in ("__init__.py", "__pycache__")]
+    assert len(entries) <= 10, sorted(entries)
+
+
+def test_no_pointer_to_documents_outside_the_project():
+    shipped = [*PACKAGE.rglob("*.py"), *(ROOT / "kernels").rglob("*.py"), *(ROOT / "docs").rglob("*.md"),
+               ROOT / "README.md"]
+    pattern = re.compile(r"\b(ATWU|DESIGN|kernels)\.md\b")
+    found = [f"{p.relative_to(ROOT)}:{i}" for p in shipped for i, line in enumerate(p.read_text().splitlines(), 1)
+             if pattern.search(line)]
+    assert not found, found

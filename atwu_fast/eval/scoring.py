@@ -3,7 +3,8 @@
 Per-token NLL goes through the chunked LM-head op (``atwu_kernels.linear_token_nll``) on the
 answer tokens only. Argmax predictions (extraction strength, exact memorisation) and the
 log-prob moments μ_t, σ_t that Min-K%++ needs are computed chunk by chunk over those tokens
-(``chunk × V`` at a time). Generation is batched greedy decoding of left-padded prompts.
+(``chunk × V`` at a time; the moments in float64, :func:`logprob_moments`). Generation is batched
+greedy decoding of left-padded prompts.
 """
 
 from __future__ import annotations
@@ -41,9 +42,29 @@ class RowTokens:
 
 
 def _split(values: torch.Tensor, seq: torch.Tensor, n: int) -> list[np.ndarray]:
-    values = values.detach().float().cpu().numpy() if values.is_floating_point() else values.cpu().numpy()
+    """Per-row pieces of a flat token tensor; floats as float32, float64 kept as float64."""
+    if values.is_floating_point() and values.dtype != torch.float64:
+        values = values.float()
+    values = values.detach().cpu().numpy()
     seq = seq.cpu().numpy()
     return [values[seq == i] for i in range(n)]
+
+
+def logprob_moments(logits: torch.Tensor, rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ_t = Σ_v p_v log p_v and σ_t = sqrt(max(Σ_v p_v (log p_v)² − μ_t², 0)) of [T, V] logits, in float64.
+
+    Min-K%++'s moments, RWKU's and open-unlearning's one-pass formula; float32 would leave ~1e-6 errors
+    (the variance cancels). ``rows`` logit rows at a time bound the float64 copies to rows × V.
+    """
+    mus, sigmas = [], []
+    for lo in range(0, logits.shape[0], rows):
+        lp = torch.log_softmax(logits[lo:lo + rows].double(), dim=-1)
+        p = lp.exp()
+        mu = (p * lp).sum(-1)
+        mus.append(mu)
+        sigmas.append(((p * lp * lp).sum(-1) - mu * mu).clamp_min(0).sqrt())
+    empty = logits.new_zeros(0, dtype=torch.float64)
+    return (torch.cat(mus), torch.cat(sigmas)) if mus else (empty, empty)
 
 
 @torch.no_grad()
@@ -64,22 +85,18 @@ def row_tokens(model, rows: list[dict], pad_id: int, batch_size: int, argmax: bo
                 logits = tokens.hidden_pred[lo:lo + chunk_size] @ weight.T
                 if bias is not None:
                     logits = logits + bias
-                logits = logits.float()
                 if argmax:
-                    preds.append(logits.argmax(-1))
+                    preds.append(logits.float().argmax(-1))
                 if moments:
-                    lp = torch.log_softmax(logits, dim=-1)
-                    p = lp.exp()
-                    mu = (p * lp).sum(-1)
-                    var = (p * lp * lp).sum(-1) - mu * mu
+                    mu, sigma = logprob_moments(logits)
                     mus.append(mu)
-                    sigmas.append(var.clamp_min(0).sqrt())
+                    sigmas.append(sigma)
             empty = tokens.targets.new_zeros(0)
             if argmax:
                 cols["argmax"] = _split(torch.cat(preds) if preds else empty, tokens.seq, n)
             if moments:
-                cols["mu"] = _split(torch.cat(mus) if mus else empty.float(), tokens.seq, n)
-                cols["sigma"] = _split(torch.cat(sigmas) if sigmas else empty.float(), tokens.seq, n)
+                cols["mu"] = _split(torch.cat(mus) if mus else empty.double(), tokens.seq, n)
+                cols["sigma"] = _split(torch.cat(sigmas) if sigmas else empty.double(), tokens.seq, n)
         return [{k: v[i] for k, v in cols.items()} for i in range(n)]
 
     per_row = map_batches(model, rows, batch_size, batch_rows)

@@ -355,3 +355,11 @@ def score_original(tasks: dict[str, TaskLog], reference: RetainReference | None 
         fq = metrics.forget_quality(truth_ratios(forget), reference.forget_truth_ratio)
     out["forget_quality"] = fq
     return out
+
+
+def rescore(logs: str | os.PathLike, retain_logs: str | os.PathLike | None = None,
+            perturbed_mean: str = "geometric") -> dict[str, float | None]:
+    """:func:`score_original` of the original log at ``logs`` against the retain logs at ``retain_logs``
+    (any layout :func:`load_reference` reads; None: no forget quality)."""
+    reference = load_reference(retain_logs) if retain_logs else None
+    return score_original(read_original_logs(logs), reference, perturbed_mean)

@@ -18,6 +18,7 @@ from atwu_fast.eval.tofu_original import (
     check_forget_rows,
     limit_rows,
     read_original_logs,
+    rescore,
     score_original,
     template_questions,
 )
@@ -98,6 +99,8 @@ def test_full_vs_retain90_matches_the_original_script(model):
         assert value == pytest.approx(want[key], rel=RTOL, abs=0), key
     # the fine-tuned model is far from the retain model on the forget set; the utility stays usable
     assert got["forget_quality"] < 1e-10 < got["model_utility"]
+    assert rescore(full / "eval_log_aggregated.json", retain / "eval_log_forget.json") == got
+    assert rescore(full)["forget_quality"] is None
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -123,7 +126,7 @@ LEADERBOARD = {"ROUGE Real World": 0.8974358974358975, "Truth Ratio Real World":
                "ROUGE Forget": 0.4082436195223163, "Truth Ratio Forget": 0.6740192657877031}
 
 
-def rescore(directory: Path, aggregated: dict) -> dict:
+def rescore_aggregated(directory: Path, aggregated: dict) -> dict:
     directory.mkdir()
     (directory / "eval_log_aggregated.json").write_text(json.dumps(aggregated))
     return score_original(read_original_logs(directory))
@@ -137,11 +140,11 @@ def test_published_leaderboard_values(tmp_path):
     # The check has power: reading the other stored copy of the answer loss moves these values.
     logs = json.loads((run / "eval_log_aggregated.json").read_text())
     ra, wf = logs["eval_real_author_wo_options.json"], logs["eval_real_world_wo_options.json"]
-    alt = rescore(tmp_path / "ra", {**logs, "eval_real_author_wo_options.json":
-                                    {**ra, "avg_paraphrased_loss": ra["avg_gt_loss"]}})
+    swapped = {**ra, "avg_paraphrased_loss": ra["avg_gt_loss"]}
+    alt = rescore_aggregated(tmp_path / "ra", {**logs, "eval_real_author_wo_options.json": swapped})
     assert abs(alt["ra_Truth_Ratio"] - LEADERBOARD["Truth Ratio Real Authors"]) > 1e-4
-    alt = rescore(tmp_path / "wf", {**logs, "eval_real_world_wo_options.json":
-                                    {**wf, "avg_gt_loss": wf["avg_paraphrased_loss"]}})
+    swapped = {**wf, "avg_gt_loss": wf["avg_paraphrased_loss"]}
+    alt = rescore_aggregated(tmp_path / "wf", {**logs, "eval_real_world_wo_options.json": swapped})
     assert abs(alt["wf_Q_A_Prob_normalised"] - LEADERBOARD["Prob. Real World"]) > 1e-4
 
 

@@ -10,7 +10,8 @@ truth ratio / ES / EM ``{"score"}``, ROUGE ``{"rouge1_recall", "rougeL_f1", "rou
 
 A published retain-model ``TOFU_EVAL.json`` supplies forget quality's reference truth ratios
 (``forget_truth_ratio.value_by_index[*].score``) and privleak's reference AUC
-(``mia_min_k.agg_value``), so no retain model has to be trained or evaluated.
+(``mia_min_k.agg_value``), so no retain model has to be trained or evaluated. The original TOFU
+release's logs (``eval_log_aggregated.json`` and friends, :mod:`.tofu_original`) supply the truth ratios.
 """
 
 from __future__ import annotations
@@ -95,24 +96,31 @@ def index_values(metric: dict, key: str = "score") -> np.ndarray:
 
 @dataclass
 class RetainReference:
-    """What forget quality and privleak need from a retain model's logs."""
+    """What forget quality and privleak need from a retain model's logs.
+
+    ``forget_rows``: how many forget rows the logs evaluated; ``forget_prompts``: the logged prompt of
+    each forget row (it contains the row's question), when the logs carry them. Both let forget quality
+    refuse logs of other rows (:func:`~atwu_fast.eval.tofu_original.check_forget_rows`).
+    """
 
     forget_truth_ratio: np.ndarray | None = None
     mia_min_k_auc: float | None = None
     source: str = ""
+    forget_rows: int | None = None
+    forget_prompts: list[str] | None = None
+    layout: str = "open-unlearning"
 
     @classmethod
     def from_logs(cls, logs: dict, source: str = "") -> RetainReference:
         tr = logs.get("forget_truth_ratio") or logs.get("forget_Truth_Ratio")
         ratios = index_values(tr) if tr and tr.get("value_by_index") else None
+        rows = None if ratios is None else ratios.size
         if ratios is not None:
             ratios = ratios[~np.isnan(ratios)]
         mia = logs.get("mia_min_k")
         auc = mia.get("agg_value") if isinstance(mia, dict) else None
         auc = None if auc is None or (isinstance(auc, float) and math.isnan(auc)) else float(auc)
-        return cls(ratios, auc, source)
-
-    @classmethod
-    def load(cls, path: str | Path) -> RetainReference:
-        file = find_eval_file(path)
-        return cls.from_logs(json.loads(file.read_text()), str(file))
+        rouge = (logs.get("forget_Q_A_ROUGE") or {}).get("value_by_index") or {}
+        prompts = [(rouge[k] or {}).get("input") for k in sorted(rouge, key=int)]
+        prompts = prompts if prompts and len(prompts) == rows and all(isinstance(p, str) for p in prompts) else None
+        return cls(ratios, auc, source, rows, prompts)

@@ -135,6 +135,58 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.
     return np.array([scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references)])
 
 
+def _rwku_sentences(text: str) -> list[list[str]]:
+    """The ``rouge`` package's tokens: sentences split at '.', whitespace runs collapsed to one space,
+    words split at ' ' (so a blank sentence is the one word ''); case and other punctuation kept."""
+    return [" ".join(s.split()).split(" ") for s in text.split(".") if len(s) > 0]
+
+
+def _lcs_words(ref: list[str], hyp: list[str]) -> set[str]:
+    """The words of the longest common subsequence that the ``rouge`` package reconstructs (walking back
+    from the end: take a match, else step in ``ref`` when that keeps a strictly longer LCS, else in ``hyp``)."""
+    n, m = len(ref), len(hyp)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            table[i][j] = (table[i - 1][j - 1] + 1 if ref[i - 1] == hyp[j - 1]
+                           else max(table[i - 1][j], table[i][j - 1]))
+    words, i, j = set(), n, m
+    while i > 0 and j > 0:
+        if ref[i - 1] == hyp[j - 1]:
+            words.add(ref[i - 1])
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] > table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    return words
+
+
+def rouge_l_recall_rwku(prediction: str, reference: str) -> float:
+    """RWKU's ROUGE-L recall: ``Rouge().get_scores(prediction, reference)[0]["rouge-l"]["r"]`` of the
+    ``rouge`` package 1.0.1 (summary-level LCS), reimplemented exactly.
+
+    Text is split into sentences at '.', and sentences into words at spaces only: case and any
+    punctuation other than '.' stay part of the word ("Carrie" ≠ "carrie", "Maine," ≠ "Maine"). Recall
+    = |∪ over (reference sentence, prediction sentence) pairs of the words of their reconstructed LCS|
+    / |distinct reference words|: every distinct word counts once, and sentence order does not matter.
+    A prediction that is empty after ``strip()`` is scored as "NOANSWER", as RWKU's ``eval_forget.py``
+    does. One with no sentence at all (only dots) scores 0 (the package raises "Hypothesis is empty."
+    there, which stops RWKU's evaluation); a reference with no sentence is a ValueError.
+    """
+    hyp = _rwku_sentences(prediction.strip() or "NOANSWER")
+    ref = _rwku_sentences(reference)
+    if not ref:
+        raise ValueError(f"RWKU ROUGE: the reference {reference!r} has no words")
+    if not hyp:
+        return 0.0
+    common: set[str] = set()
+    for r in ref:
+        for h in hyp:
+            common |= _lcs_words(r, h)
+    return len(common) / len({w for r in ref for w in r})
+
+
 def _aligned(pred_row, label_row, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
     preds = np.asarray(pred_row)
     labels = np.asarray(label_row)

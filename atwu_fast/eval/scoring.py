@@ -3,7 +3,7 @@
 Per-token NLL goes through the chunked LM-head op on the answer tokens only
 (:func:`atwu_fast.model.tokens.map_answer_tokens`). Argmax predictions (extraction strength, exact
 memorisation) and the log-prob moments μ_t, σ_t that Min-K%++ needs are computed chunk by chunk
-over those tokens (``chunk × V`` at a time). Generation is batched greedy decoding of left-padded
+over those tokens (``chunk × V`` at a time; the moments in float64, :func:`logprob_moments`). Generation is batched greedy decoding of left-padded
 prompts (:func:`atwu_fast.model.generation.greedy_generate`).
 """
 
@@ -41,6 +41,23 @@ def _split(values: torch.Tensor, seq: torch.Tensor, n: int) -> list[np.ndarray]:
     return [values[seq == i] for i in range(n)]
 
 
+def logprob_moments(logits: torch.Tensor, rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ_t = Σ_v p_v log p_v and σ_t = sqrt(max(Σ_v p_v (log p_v)² − μ_t², 0)) of [T, V] logits, in float64.
+
+    Min-K%++'s moments, RWKU's and open-unlearning's one-pass formula; float32 would leave ~1e-6 errors
+    (the variance cancels). ``rows`` logit rows at a time bound the float64 copies to rows × V.
+    """
+    mus, sigmas = [], []
+    for lo in range(0, logits.shape[0], rows):
+        lp = torch.log_softmax(logits[lo:lo + rows].double(), dim=-1)
+        p = lp.exp()
+        mu = (p * lp).sum(-1)
+        mus.append(mu)
+        sigmas.append(((p * lp * lp).sum(-1) - mu * mu).clamp_min(0).sqrt())
+    empty = logits.new_zeros(0, dtype=torch.float64)
+    return (torch.cat(mus), torch.cat(sigmas)) if mus else (empty, empty)
+
+
 def chunk_logits(model, hidden: torch.Tensor, chunk_size: int):
     """The model's fp32 logits (its softcap / scale applied) of ``hidden`` rows, ``chunk_size`` at a time."""
     weight, bias = lm_head(model)
@@ -70,12 +87,9 @@ def row_tokens(model, rows: list[dict], pad_id: int, batch_size: int, argmax: bo
                 if argmax:
                     preds.append(logits.argmax(-1))
                 if moments:
-                    lp = torch.log_softmax(logits.double(), dim=-1)  # float64: Min-K++'s moments as the reference computes them
-                    p = lp.exp()
-                    mu = (p * lp).sum(-1)
-                    var = (p * lp * lp).sum(-1) - mu * mu
+                    mu, sigma = logprob_moments(logits)
                     mus.append(mu)
-                    sigmas.append(var.clamp_min(0).sqrt())
+                    sigmas.append(sigma)
             empty = tokens.targets.new_zeros(0)
             if argmax:
                 cols["argmax"] = _split(torch.cat(preds) if preds else empty, tokens.seq, n)

@@ -31,7 +31,16 @@ class BenchmarkConfig:
     max_length: int = option("maximum tokens per encoded row", 512)
     max_new_tokens: int = option("greedy generation length (TOFU 200, RWKU 30)", 0)
     eval_batch_size: int = option("rows per evaluation forward / generation batch", 32)
-    retain_logs: str = option("retain model's TOFU_EVAL.json (or its directory): forget quality and privleak", "")
+    retain_logs: str = option(
+        "retain model's logs: open-unlearning's TOFU_EVAL.json (or its folder) or the original TOFU release's "
+        "eval_log_aggregated.json / eval_log_forget.json (or their folder): forget quality (and privleak from "
+        "TOFU_EVAL.json); logs of other forget rows are refused", "")
+    ds_size: int = option("evaluate only the first N rows of every evaluation set (0: all; the original TOFU "
+                          "release evaluated 300)", 0)
+    rwku_rouge: Literal["rwku", "rouge_score"] = option(
+        "RWKU ROUGE-L recall: rwku (RWKU's own scorer, the rouge package: words split on spaces, case and "
+        "punctuation kept, distinct words once) or rouge_score (lowercased, punctuation dropped; not comparable "
+        "with RWKU's tables)", "rwku")
     dtype: Literal["float32", "bfloat16", "float16"] = option("model weights dtype", "float32")
     device: str = option("torch device (auto: cuda when available)", "auto")
     epochs: int = option("unlearning epochs over the forget set (0: use train.steps)", 0)
@@ -47,3 +56,4 @@ class BenchmarkConfig:
         check(self.max_length >= 8, "benchmark.max_length must be >= 8")
         check(self.max_new_tokens >= 0 and self.eval_batch_size >= 1, "benchmark eval sizes must be >= 0 / >= 1")
         check(self.epochs >= 0, "benchmark.epochs must be >= 0")
+        check(self.ds_size >= 0, "benchmark.ds_size must be >= 0")

@@ -13,6 +13,7 @@ from ..data.formatting import Formatter
 from ..data.labels import IGNORE_INDEX
 from ..data.readers import DataError
 from ..eval.logs import RetainReference, summarize
+from ..eval.tofu_original import limit_rows, load_reference
 from ..model.loading import load_pretrained, load_tokenizer, uses_cuda
 from .base import BenchmarkData, Column, Evaluation, Suite
 
@@ -48,7 +49,7 @@ def load_retain_reference(path: str) -> Optional[RetainReference]:
     if not path:
         return None
     try:
-        return RetainReference.load(path)
+        return load_reference(path)
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(f"--retain-logs: {exc}") from None
 
@@ -86,6 +87,7 @@ class RealSuite(Suite):
         if not self.bcfg.model:
             raise DataError("a real benchmark needs --model (a model directory or hub id)")
         self.data = self.read()
+        self.data.eval_sets = limit_rows(self.data.eval_sets, self.bcfg.ds_size)
         self.retain_logs = load_retain_reference(self.bcfg.retain_logs)
         self.tokenizer = load_tokenizer(self.bcfg.tokenizer or self.bcfg.model, self.bcfg.trust_remote_code)
         self.fmt = Formatter(self.tokenizer, self.bcfg.chat_template, self.bcfg.system_prompt, self.bcfg.max_length)

@@ -83,4 +83,4 @@ class RwkuSuite(RealSuite):
 
     def evaluate_logs(self, model, retain) -> dict:
         return evaluate_rwku(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
-                             self.max_new_tokens)
+                             self.max_new_tokens, rouge=self.bcfg.rwku_rouge)

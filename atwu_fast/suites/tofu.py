@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..data.readers import DataError, attach_target_words, load_rows, read_file
 from ..eval.tofu import evaluate_tofu
+from ..eval.tofu_original import check_forget_rows
 from .base import BenchmarkData, Column
 from .real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
 
@@ -75,6 +76,14 @@ class TofuSuite(RealSuite):
 
     def read(self, with_eval: bool = True) -> BenchmarkData:
         return load_tofu_sets(self.bcfg.data_dir or HUB_ID, self.bcfg.split, self.bcfg.spans_file, with_eval)
+
+    def load_eval_data(self) -> None:
+        """Also refuses retain logs of other forget rows (count or questions) before any model is loaded:
+        forget quality compares the truth ratios of the same rows."""
+        super().load_eval_data()
+        if self.retain_logs is not None:
+            forget = self.data.eval_sets["forget"]
+            check_forget_rows(self.retain_logs, len(forget), [r["question"] for r in forget])
 
     def evaluate_logs(self, model, retain) -> dict:
         return evaluate_tofu(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,

@@ -12,9 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atwu_fast.data.formatting import Formatter
 from atwu_fast.eval import metrics
-from atwu_fast.eval.logs import RetainReference, load_logs, save_logs, summarize
+from atwu_fast.eval.logs import load_logs, save_logs, summarize
 from atwu_fast.eval.scoring import RowTokens, row_tokens
 from atwu_fast.eval.tofu import MIA_KEYS, UTILITY_KEYS, evaluate_tofu, mia_scores, prob_entry, truth_ratio_entry
+from atwu_fast.eval.tofu_original import load_reference
 from atwu_fast.suites.tofu import load_tofu_sets
 
 REF_LOGS = FIXTURES / "tofu_retain_logs" / "TOFU_EVAL.json"
@@ -87,7 +88,7 @@ def test_reference_layout_round_trip(tmp_path):
     assert summary == {"forget_Q_A_Prob": 0.25, "forget_truth_ratio": 0.6666666666, "mia_min_k": 0.4,
                        "model_utility": 0.61}  # None agg values are left out
     assert list(summary) == sorted(summary)
-    reference = RetainReference.load(REF_LOGS.parent)
+    reference = load_reference(REF_LOGS.parent)
     np.testing.assert_array_equal(reference.forget_truth_ratio, [0.5, 2.0, 0.8, 1.25])
     assert reference.mia_min_k_auc == 0.4
 
@@ -95,7 +96,7 @@ def test_reference_layout_round_trip(tmp_path):
 def test_evaluate_tofu_end_to_end(tiny):
     model, tok = tiny
     data = load_tofu_sets(str(TOFU_DIR), "forget10", str(TOFU_DIR / "forget10_target_words.json"))
-    ref = RetainReference.load(REF_LOGS)
+    ref = load_reference(REF_LOGS)
     fmt = Formatter(tok, "off", max_length=128)
     logs = evaluate_tofu(model, tok, fmt, data.eval_sets, batch_size=3, max_new_tokens=4, retain_ref=ref)
     for key in ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", "forget_quality", "model_utility",

@@ -27,13 +27,14 @@ class ForgetTokenView:
 
 
 def forget_token_view(model, encoded: list[dict], pad_id: int, batch_size: int,
-                      weigh: Optional[Callable[[AnswerTokens], Optional[torch.Tensor]]] = None,
+                      weigh: Optional[Callable[[AnswerTokens, list[dict]], Optional[torch.Tensor]]] = None,
                       starts=None) -> ForgetTokenView:
     """One batched no-grad pass over the encoded forget rows (no hidden state kept beyond a batch).
-    ``weigh(tokens)`` (``tokens.nll`` and ``tokens.hidden(position)`` set) gives the method's weights."""
+    ``weigh(tokens, rows)`` (``tokens.nll``, ``.span_kind``, ``.hidden(position)`` set; ``rows`` the
+    batch's encoded rows) gives the method's weights."""
     def batch_view(m, tokens: AnswerTokens, kinds, part: list[dict]) -> list[tuple]:
         tokens.nll = token_nll(m, tokens)
-        weights = weigh(tokens) if weigh is not None else None
+        weights = weigh(tokens, part) if weigh is not None else None
         return split_rows(tokens.seq, len(part), tokens.nll.float(), kinds,
                           None if weights is None else weights.float())
 

@@ -31,10 +31,14 @@ class TokenQuantities:
     retain_nll: Tensor  # [N_R] per-token NLL on retain answers (differentiable)
     n_forget: Optional[Count] = None  # normaliser N_F (default: number of forget tokens)
     n_retain: Optional[Count] = None  # normaliser N_R (default: number of retain tokens)
-    forget_scores: Optional[Tensor] = None  # [N_F] ATWU token scores g (constant)
-    ref_forget_nll: Optional[Tensor] = None  # [N_F] reference-model NLL (constant; NPO)
+    # [N_F] constant per-token weights from the method's weight source (ATWU's learned scores g, a
+    # token mask); None: every token weighs 1
+    forget_weights: Optional[Tensor] = None
+    ref_forget_nll: Optional[Tensor] = None  # [N_F] reference-model NLL (constant; NPO, DPO)
     forget_span_kind: Optional[Tensor] = None  # [N_F] ground-truth span kinds (controls only)
     n_seqs_total: Optional[Count] = None  # sequence-mean normaliser (default: n_forget_seqs)
+    # what a method's hooks add for its loss: DPO's preferred answers, RMU's activations, ...
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     def nf(self) -> Count:
         return self.n_forget if self.n_forget is not None else max(self.forget_nll.numel(), 1)
@@ -44,6 +48,10 @@ class TokenQuantities:
 
     def nseq(self) -> Count:
         return self.n_seqs_total if self.n_seqs_total is not None else max(self.n_forget_seqs, 1)
+
+    def weighted(self, values: Tensor) -> Tensor:
+        """``values`` (per forget token) times the constant token weights, when there are any."""
+        return values if self.forget_weights is None else self.forget_weights.detach().to(values.dtype) * values
 
 
 @dataclass
@@ -65,6 +73,10 @@ class TrainingHooks:
     method's loss. :meth:`before_model_step` runs after backward, before clipping and the step.
     """
 
+    def select_parameters(self, model) -> None:
+        """Once, before the model is wrapped for data parallelism: freeze what the method does not train."""
+        return None
+
     def setup(self, loop) -> list[dict]:
         """Once, before the model optimiser is built; returns extra optimiser parameter groups."""
         return []
@@ -79,8 +91,9 @@ class TrainingHooks:
     def before_model_step(self, loop) -> None:
         return None
 
-    def token_weights(self, tokens) -> Optional[Tensor]:
-        """The weights the method puts on evaluated forget tokens (``tokens.hidden(position)``, ``.nll``)."""
+    def token_weights(self, tokens, rows: list[dict]) -> Optional[Tensor]:
+        """The weights the method puts on evaluated forget tokens (``tokens``: a batch's answer tokens with
+        ``.nll``, ``.span_kind`` and ``.hidden(position)``; ``rows``: that batch's encoded rows)."""
         return None
 
     def optimised_modules(self) -> dict[str, torch.nn.Module]:
@@ -98,9 +111,60 @@ class TrainingHooks:
         return None
 
 
+class CombinedHooks(TrainingHooks):
+    """Several hooks in one loop (a method's own and its weight source's), called in order."""
+
+    def __init__(self, parts: list[TrainingHooks]):
+        self.parts = parts
+
+    def select_parameters(self, model) -> None:
+        for part in self.parts:
+            part.select_parameters(model)
+
+    def setup(self, loop) -> list[dict]:
+        return [group for part in self.parts for group in part.setup(loop)]
+
+    def after_forward(self, loop, step, tokens, is_forget, q, stats):
+        for part in self.parts:
+            loss = part.after_forward(loop, step, tokens, is_forget, q, stats)
+            if loss is not None:
+                return loss
+        return None
+
+    def before_loss(self, loop, step, tokens, is_forget, q, stats) -> Tensor:
+        return sum((part.before_loss(loop, step, tokens, is_forget, q, stats) for part in self.parts), torch.zeros(()))
+
+    def before_model_step(self, loop) -> None:
+        for part in self.parts:
+            part.before_model_step(loop)
+
+    def token_weights(self, tokens, rows):
+        weights = [w for w in (part.token_weights(tokens, rows) for part in self.parts) if w is not None]
+        return weights[-1] if weights else None
+
+    def optimised_modules(self) -> dict[str, torch.nn.Module]:
+        return {k: v for part in self.parts for k, v in part.optimised_modules().items()}
+
+    def state_dict(self) -> dict:
+        return {k: v for part in self.parts for k, v in part.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for part in self.parts:
+            part.load_state_dict(state)
+
+    def save(self, directory) -> None:
+        for part in self.parts:
+            part.save(directory)
+
+
+def combine(*hooks: Optional[TrainingHooks]) -> TrainingHooks:
+    parts = [h for h in hooks if h is not None]
+    return parts[0] if len(parts) == 1 else CombinedHooks(parts) if parts else TrainingHooks()
+
+
 @dataclass(frozen=True)
 class Method:
-    """A registered method: its forget loss, its hyper-parameters, what it needs."""
+    """A registered method: its forget (and retain) loss, its hyper-parameters, what it needs."""
 
     name: str
     params_type: type  # its hyper-parameter dataclass (the config section ``params_section``)
@@ -111,7 +175,13 @@ class Method:
     needs_reference: bool = False
     needs_spans: bool = False  # ground-truth span kinds of the forget tokens (hard-mask controls)
     hooks: Optional[Callable[[object], TrainingHooks]] = None  # hooks(params) for the training loop
+    # what its hooks are, if they only supply q.forget_weights (a plug-in weight source replaces them):
+    # "learned" (a scorer trained alongside the model) or "mask" (fixed token weights); "": other hooks
+    weight_hooks: str = ""
     token_weights: Optional[Callable[[Tensor, object], Tensor]] = None  # w(nll) for span alignment
+    retain_loss: Callable[[TokenQuantities, object], Tensor] = None  # L_r (default: the token-mean retain NLL)
+    pluggable: bool = False  # its loss reads q.forget_weights: it runs with any weight source (methods.weights)
+    doc: str = ""  # formula and source, one line (the README's method table)
 
     @property
     def params_section(self) -> str:
@@ -119,12 +189,24 @@ class Method:
 
     @property
     def learns_weights(self) -> bool:
-        """Its token weights are learned during training (through its hooks), not a function of the NLL."""
-        return self.hooks is not None
+        """Its token weights are learned during training (a scorer in its hooks), not a function of the NLL."""
+        return self.weight_hooks == "learned"
+
+    @property
+    def has_weights(self) -> bool:
+        """It puts a weight on each forget token (learned, a mask, or a function of the NLL)."""
+        return bool(self.weight_hooks) or self.token_weights is not None
+
+    def sections(self, cfg) -> Any:
+        """Its config section(s) in the experiment config ``cfg``."""
+        return getattr(cfg, self.params_section)
 
     def params(self, section_values) -> Any:
         """The hyper-parameters this method runs with: its config section with :attr:`fixed` applied."""
         return dataclasses.replace(section_values, **self.fixed) if self.fixed else section_values
+
+    def make_hooks(self, params) -> TrainingHooks:
+        return self.hooks(params) if self.hooks else TrainingHooks()
 
     def ignored_settings(self, section_values) -> list[str]:
         """Section values set away from their defaults that this method overrides (for a warning)."""
@@ -134,10 +216,11 @@ class Method:
                 if getattr(section_values, key) != getattr(defaults, key) and getattr(section_values, key) != value]
 
     def loss(self, q: TokenQuantities, params) -> Tensor:
-        """total = γ·L_f + α·L_r (L_r the token-mean retain NLL)."""
+        """total = γ·L_f + α·L_r (L_r the token-mean retain NLL unless the method says otherwise)."""
         total = params.gamma * self.forget_loss(q, params)
         if self.uses_retain and params.alpha != 0:
-            total = total + params.alpha * retain_nll_mean(q)
+            retain = self.retain_loss(q, params) if self.retain_loss is not None else retain_nll_mean(q)
+            total = total + params.alpha * retain
         return total
 
 
@@ -148,6 +231,11 @@ def retain_nll_mean(q: TokenQuantities) -> Tensor:
 def weighted_ascent(q: TokenQuantities, weights: Tensor) -> Tensor:
     """−(1/N_F) Σ_t [w_t]_sg · ℓ_t: gradient ascent on the forget NLL with constant token weights."""
     return -(weights.detach() * q.forget_nll).sum() / q.nf()
+
+
+def ascent(q: TokenQuantities) -> Tensor:
+    """−(1/N_F) Σ_t [w_t]_sg · ℓ_t with the weight source's weights (w ≡ 1 without one)."""
+    return -q.weighted(q.forget_nll).sum() / q.nf()
 
 
 def sequence_sum(values: Tensor, seq: Tensor, n_seqs: int) -> Tensor:

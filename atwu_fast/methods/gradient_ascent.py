@@ -1,16 +1,14 @@
-"""GradAscent and GradDiff: plain gradient ascent on the forget NLL (w_t = 1).
+"""GradAscent and GradDiff: plain gradient ascent on the forget NLL (w_t = 1, or a weight source's w_t).
 
-    L_f = −mean_t ℓ_t;   GradAscent: total = γ·L_f;   GradDiff: total = γ·L_f + α·L_R
+    L_f = −(1/N_F) Σ_t w_t·ℓ_t;   GradAscent: total = γ·L_f;   GradDiff: total = γ·L_f + α·L_R
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..config import option
-from .base import LossWeights, Method, TokenQuantities, weighted_ascent
+from .base import LossWeights, Method, ascent
 
 
 @dataclass
@@ -23,10 +21,10 @@ class GradDiffParams(LossWeights):
     pass
 
 
-def unit_weight_ascent(q: TokenQuantities, params) -> torch.Tensor:
-    """L_f = −mean_t ℓ_t."""
-    return weighted_ascent(q, torch.ones_like(q.forget_nll))
+def ascent_loss(q, params):
+    return ascent(q)
 
 
-GRAD_ASCENT = Method("grad_ascent", GradAscentParams, unit_weight_ascent, uses_retain=False)
-GRAD_DIFF = Method("grad_diff", GradDiffParams, unit_weight_ascent)
+GRAD_ASCENT = Method("grad_ascent", GradAscentParams, ascent_loss, uses_retain=False, pluggable=True,
+                     doc="−mean ℓ, no retain term (Jang et al. 2023)")
+GRAD_DIFF = Method("grad_diff", GradDiffParams, ascent_loss, pluggable=True, doc="−mean ℓ + α·retain NLL (Liu et al. 2022)")

@@ -42,5 +42,7 @@ def satimp_loss(q: TokenQuantities, params):
     return weighted_ascent(q, satimp_weights(q.forget_nll, params))
 
 
-WGA = Method("wga", WGAParams, wga_loss, token_weights=wga_weights)
-SATIMP = Method("satimp", SatImpParams, satimp_loss, token_weights=satimp_weights)
+WGA = Method("wga", WGAParams, wga_loss, token_weights=wga_weights,
+             doc="−mean [p^β]_sg·ℓ (Wang et al. 2025, WGA)")
+SATIMP = Method("satimp", SatImpParams, satimp_loss, token_weights=satimp_weights,
+                doc="−mean [p^β1·(1−p)^β2]_sg·ℓ (Yang et al. 2025, SatImp)")

@@ -66,6 +66,7 @@ class AnswerTokens:
     seq: Tensor  # [N] row index in the batch
     position: Tensor  # [N] position t of the token in its row
     nll: Tensor | None = None  # [N] per-token NLL, where a caller computed it
+    span_kind: Tensor | None = None  # [N] ground-truth span kinds, where the rows carry them
 
     def hidden(self, position: str) -> Tensor:
         """The hidden rows a token scorer reads: the token's own position ("token") or its predictor's."""
@@ -100,12 +101,12 @@ def forward_answer_tokens(model: PreTrainedModel, batch: dict) -> tuple[AnswerTo
         hidden = decoder(model)(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                 use_cache=False).last_hidden_state
         tokens = answer_tokens(hidden, batch["labels"])
-        kinds = batch["span_kind"][0, tokens.position] if "span_kind" in batch else None
+        tokens.span_kind = batch["span_kind"][0, tokens.position] if "span_kind" in batch else None
         tokens.seq = batch["seq"][tokens.position]
-        return tokens, kinds
+        return tokens, tokens.span_kind
     tokens = answer_tokens(last_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
-    kinds = batch["span_kind"][tokens.seq, tokens.position] if "span_kind" in batch else None
-    return tokens, kinds
+    tokens.span_kind = batch["span_kind"][tokens.seq, tokens.position] if "span_kind" in batch else None
+    return tokens, tokens.span_kind
 
 
 def token_nll(model: PreTrainedModel, tokens: AnswerTokens, chunk_size: int = 1024) -> Tensor:

@@ -18,6 +18,8 @@ def score_name(method) -> tuple[str, bool]:
     """(what a method's token score is, whether it is signed) for ``method`` (a methods.Method)."""
     if method.learns_weights:
         return "learned score g (ATWU scorer)", False
+    if method.weight_hooks == "mask":
+        return f"{method.name} token mask", False
     if method.token_weights is not None:
         return f"{method.name} token weight", False
     return "NLL increase over the target model (nats)", True
@@ -67,7 +69,7 @@ def token_scores_doc(method, rows: list[dict], kind_names: dict[int, str] | None
     """The ``<method>/token_scores.json`` document: which score is shown, the span kinds' names
     (default: the embedded benchmark's) and the per-row tokens."""
     name, signed = score_name(method)
-    key = "scores" if method.learns_weights or method.token_weights is not None else "nll_delta"
+    key = "scores" if method.has_weights else "nll_delta"
     doc = {"method": method.name, "score_name": name, "score_key": key, "signed": signed, "rows": rows}
     if kind_names is not None:
         doc["kind_names"] = {str(k): v for k, v in kind_names.items()}

@@ -83,6 +83,10 @@ class Suite:
         """A fresh copy of the model to unlearn, in eval mode."""
         raise NotImplementedError
 
+    def encode(self, question: str, answer: str) -> dict:
+        """A QA row in this benchmark's format (what a method's own rows use, e.g. DPO's preferred answers)."""
+        raise NotImplementedError(f"the {self.name} benchmark cannot encode new QA rows")
+
     def reference_models(self) -> dict[str, Callable[[], object]]:
         """Models evaluated once before unlearning, as rows of the results table (name -> loader). A
         model named "retain model" is the forget-quality reference of the others."""

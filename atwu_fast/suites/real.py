@@ -97,6 +97,9 @@ class RealSuite(Suite):
                                    self.bcfg.trust_remote_code)
         return model
 
+    def encode(self, question: str, answer: str) -> dict:
+        return self.fmt.qa(question, answer, [])
+
     def reference_models(self) -> dict:
         return {"target model": self.load_target} if self.bcfg.eval_before else {}
 

@@ -61,6 +61,10 @@ def load_tofu_sets(source: str = HUB_ID, split: str = "forget10", spans_file: st
         }
         if spans_file and len(eval_sets["forget"]) == len(forget):
             eval_sets["forget"] = [{**r, "target_words": f["target_words"]} for r, f in zip(eval_sets["forget"], forget)]
+        # the perturbed (wrong) answers of the forget questions: what DPO prefers to the forget answer
+        perturbed = {r["question"]: r["perturbed_answer"] for r in eval_sets["forget"]}
+        forget = [{**r, "perturbed_answer": perturbed[r["question"]]} if r["question"] in perturbed else r
+                  for r in forget]
     return BenchmarkData("tofu", forget, retain, eval_sets, {"source": source, "split": split})
 
 

@@ -85,18 +85,26 @@ class Unlearner:
 
     def __init__(self, model, method: Method, params, cfg: TrainConfig, forget: list[dict], retain: list[dict],
                  pad_id: int, reference=None, log: Optional[Callable[[str], None]] = None, optim: str = "adamw",
-                 dist: DistContext = SINGLE, parallel: str = "ddp", packing: bool = False):
+                 dist: DistContext = SINGLE, parallel: str = "ddp", packing: bool = False,
+                 forget_source: Optional[list[dict]] = None, encode: Optional[Callable[[str, str], dict]] = None):
+        """``params``: the method's config section(s) (``method.sections(cfg)``). ``forget_source`` (the
+        forget rows as the data has them) and ``encode(question, answer)`` (a new row in the benchmark's
+        format) let a method build rows of its own, e.g. DPO's preferred answers."""
         if method.needs_reference and reference is None:
             raise ValueError(f"{method.name} needs a reference model")
         self.model, self.method, self.cfg, self.pad_id, self.packing = model, method, cfg, pad_id, packing
         self.forget, self.retain, self.reference = forget, retain, reference
+        self.forget_source, self.encode = forget_source, encode
+        self.forget_indices: list[int] = []  # this rank's forget and retain rows of the current micro-batch
+        self.retain_indices: list[int] = []
         self.log = log or (lambda m: None)
         self.dist = dist
-        self.step_module = wrap(model, dist, parallel)
         self.params = method.params(params)
-        self.hooks: TrainingHooks = method.hooks(self.params) if method.hooks else TrainingHooks()
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        groups += self.hooks.setup(self)
+        self.hooks: TrainingHooks = method.make_hooks(self.params)
+        self.hooks.select_parameters(model)  # before wrapping: DDP / FSDP register what trains
+        self.step_module = wrap(model, dist, parallel)
+        extra_groups = self.hooks.setup(self)
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + extra_groups
         self.optimizer = build_optimizer(groups, optim, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_lambda(cfg.warmup_steps, cfg.steps, cfg.lr_schedule))
@@ -108,10 +116,10 @@ class Unlearner:
         """The rows as one batch on the model's device (padded, or packed with ``packing``)."""
         return make_batch(rows, self.pad_id, self.model.get_input_embeddings().weight.device, self.packing)
 
-    def token_weights(self, tokens) -> Optional[torch.Tensor]:
-        """The weights the method puts on evaluated forget tokens (learned scores, or a function of
-        ``tokens.nll``), or None."""
-        weights = self.hooks.token_weights(tokens)
+    def token_weights(self, tokens, rows: list[dict]) -> Optional[torch.Tensor]:
+        """The weights the method puts on evaluated forget tokens (learned scores, a mask, or a function
+        of ``tokens.nll``), or None; ``rows``: the encoded rows of that batch."""
+        weights = self.hooks.token_weights(tokens, rows)
         if weights is None and self.method.token_weights is not None:
             weights = self.method.token_weights(tokens.nll, self.params)
         return weights
@@ -120,8 +128,10 @@ class Unlearner:
         """Loss of one micro-batch (this rank's shard of it when distributed; see
         :mod:`atwu_fast.model.distributed` for why it is scaled by the world size)."""
         self.last_batch = (next(self.forget_batches), next(self.retain_batches))
-        forget_rows = [self.forget[i] for i in self.dist.shard(self.last_batch[0])]
-        retain_rows = [self.retain[i] for i in self.dist.shard(self.last_batch[1])]
+        self.forget_indices = self.dist.shard(self.last_batch[0])
+        self.retain_indices = self.dist.shard(self.last_batch[1])
+        forget_rows = [self.forget[i] for i in self.forget_indices]
+        retain_rows = [self.retain[i] for i in self.retain_indices]
         batch = self.batch(forget_rows + retain_rows)
         norms = self.global_counts(forget_rows, retain_rows)
         loss = self.step_module(lambda model: self.micro_loss(step, stats, batch, forget_rows, norms))
@@ -165,15 +175,20 @@ class Unlearner:
         stats["retain_nll"] += retain_nll.detach().mean().item() / self.cfg.grad_accum
 
     @torch.no_grad()
-    def reference_nll(self, forget_rows: list[dict]) -> torch.Tensor:
-        """Forget-token NLL under the reference: a separate model, or (``reference`` a zero-argument
-        callable returning a context manager, e.g. :meth:`atwu_fast.model.lora.LoraHandle.reference`) the
-        trained model itself inside that context — LoRA's adapter-disabled base, no second copy of the weights."""
-        batch = self.batch(forget_rows)
+    def reference_forward(self, rows: list[dict], fn: Callable):
+        """``fn(model, tokens)`` on the rows' answer tokens under the reference: a separate model, or
+        (``reference`` a zero-argument callable returning a context manager, e.g.
+        :meth:`atwu_fast.model.lora.LoraHandle.reference`) the trained model itself inside that context —
+        LoRA's adapter-disabled base, no second copy of the weights."""
+        batch = self.batch(rows)
         if isinstance(self.reference, torch.nn.Module):
-            return token_nll(self.reference, forward_answer_tokens(self.reference, batch)[0], self.cfg.loss_chunk_size)
+            return fn(self.reference, forward_answer_tokens(self.reference, batch)[0])
         with self.reference():
-            return token_nll(self.model, forward_answer_tokens(self.model, batch)[0], self.cfg.loss_chunk_size)
+            return fn(self.model, forward_answer_tokens(self.model, batch)[0])
+
+    def reference_nll(self, rows: list[dict]) -> torch.Tensor:
+        """The rows' answer-token NLL under the reference (constant)."""
+        return self.reference_forward(rows, lambda m, tokens: token_nll(m, tokens, self.cfg.loss_chunk_size))
 
     # ------------------------------------------------------------------ checkpointable state
     def state_dict(self, result: UnlearnResult, step: int) -> dict:

@@ -85,7 +85,7 @@ def warn_fixed_settings(cfg) -> None:
     """One stderr line per method variant that overrides a section value the user set."""
     for name in cfg.method_list():
         method = get_method(name)
-        ignored = method.ignored_settings(getattr(cfg, method.params_section))
+        ignored = method.ignored_settings(method.sections(cfg))
         if ignored:
             print(f"note: {name} fixes {', '.join(ignored)}; use method {method.params_section} to set them freely",
                   file=sys.stderr)
@@ -120,7 +120,7 @@ def rankers(run: Run, model) -> dict:
     out = {}
     for name, method in METHODS.items():
         if method.token_weights is not None:
-            params = method.params(getattr(run.cfg, method.params_section))
+            params = method.params(method.sections(run.cfg))
             out[f"{name} weights (target)"] = span_alignment(method.token_weights(view.nll, params), view.span_kind)
     out["1 - p (target)"] = span_alignment(1 - torch.exp(-view.nll), view.span_kind)
     return out
@@ -184,9 +184,10 @@ def run_method(name: str, run: Run) -> dict:
                                                  method.needs_reference)
     pad_id, batch_size = suite.tokenizer.pad_token_id, suite.eval_batch_size
     method_dir = run.out_dir / name
-    unlearner = Unlearner(model, method, getattr(cfg, method.params_section), train_cfg, suite.forget, suite.retain,
-                          pad_id, reference=reference, log=run.log, optim=cfg.efficiency.optim, dist=ctx,
-                          parallel=cfg.efficiency.parallel, packing=cfg.efficiency.packing)
+    unlearner = Unlearner(model, method, method.sections(cfg), train_cfg, suite.forget, suite.retain, pad_id,
+                          reference=reference, log=run.log, optim=cfg.efficiency.optim, dist=ctx,
+                          parallel=cfg.efficiency.parallel, packing=cfg.efficiency.packing,
+                          forget_source=suite.forget_rows, encode=suite.encode)
     base = forget_token_view(model, suite.forget, pad_id, batch_size)
     state = MethodState()
     keep = suite.keep_best_by

@@ -14,7 +14,8 @@ import difflib
 from dataclasses import field
 
 from ..config import ConfigError, check, option
-from ..methods import DEFAULT_METHOD, METHODS, param_sections
+from ..methods import DEFAULT_METHOD, METHODS, get_method, param_sections
+from ..methods.weights import SOURCES
 from ..model.tiny import ModelConfig, TokenizerConfig
 from ..report.progress import LogConfig
 from ..suites.config import BenchmarkConfig
@@ -22,7 +23,8 @@ from ..suites.synthetic import EvalConfig, SyntheticConfig
 from ..train.config import EfficiencyConfig, TrainConfig
 from ..train.finetune import FinetuneConfig
 
-SHORTCUTS = {"--method": "method", "--methods": "methods", "--output-dir": "output_dir", "--seed": "train.seed",
+SHORTCUTS = {"--method": "method", "--methods": "methods", "--weights": "weights", "--output-dir": "output_dir",
+             "--seed": "train.seed",
              "--benchmark": "benchmark.name", "--split": "benchmark.split", "--model": "benchmark.model",
              "--targets": "benchmark.targets", "--retain-logs": "benchmark.retain_logs"}
 
@@ -32,19 +34,27 @@ def _section(cls: type):
 
 
 def method_list(self) -> list[str]:
-    """The methods this run trains (``--methods all``: every registered method)."""
+    """The methods this run trains (``--methods all``: every registered method, plug-in pairs included);
+    with ``--weights S`` each named method runs as ``<method>+S``."""
     names = self.methods or [self.method]
-    return list(METHODS) if names == ["all"] else names
+    if names == ["all"]:
+        return list(METHODS)
+    return [f"{name}+{self.weights}" if self.weights and "+" not in name else name for name in names]
 
 
 def _validate(self) -> None:
     names = self.methods or [self.method]
+    check(not self.weights or self.weights in SOURCES,
+          f"unknown weight source '{self.weights}'; choose from {', '.join(SOURCES)}")
+    check(not (self.weights and names == ["all"]), "--weights applies to named methods, not to --methods all")
     if names != ["all"]:
-        for name in names:
-            if name not in METHODS:
+        for name in method_list(self):
+            try:
+                get_method(name)
+            except KeyError as exc:
                 close = difflib.get_close_matches(name, list(METHODS), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(f"unknown method '{name}'{hint}; choose from {', '.join(METHODS)}")
+                hint = f" (did you mean '{close[0]}'?)" if close and "+" not in name else ""
+                raise ConfigError(f"{exc.args[0]}{hint}") from None
     check(self.threads >= 0, "threads must be >= 0")
 
 
@@ -53,6 +63,9 @@ ExperimentConfig = dataclasses.make_dataclass("ExperimentConfig", [
                            "the log-loss-fit scorer (docs/method.md), atwu the atwu section as given", DEFAULT_METHOD)),
     ("methods", list[str], option("run several methods on the same target ('all' for every method); "
                                   "overrides --method", factory=list)),
+    ("weights", str, option("token weights for the named methods' losses: atwu (ATWU's learned scores), an ATWU "
+                            f"variant's, seul, truth, truth_facts; runs <method>+<weights> ({', '.join(SOURCES)})",
+                            "")),
     ("output_dir", str, option("where results are written (default: runs/<method>-<time>)", "")),
     ("resume", bool, option("continue an interrupted run in --output-dir from its latest checkpoints", False)),
     ("cache_dir", str, option("where the tokenizer and tiny models are cached", ".cache/atwu_fast")),

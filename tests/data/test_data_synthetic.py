@@ -46,7 +46,8 @@ def test_deterministic_across_processes(cfg, splits):
     code = ("import hashlib, json; from atwu_fast.suites.synthetic.world import SyntheticConfig, generate; "
             "print(hashlib.sha256(json.dumps(generate(SyntheticConfig()), sort_keys=True).encode()).hexdigest())")
     for hashseed in ("1", "12345"):
-        env = dict(os.environ, PYTHONHASHSEED=hashseed, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONHASHSEED=hashseed,
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == _digest(splits)
 

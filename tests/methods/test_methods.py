@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from atwu_fast.methods import METHODS, get_method
+from atwu_fast.methods import get_method
 from atwu_fast.methods.atwu.params import ATWUParams
 from atwu_fast.methods.base import TokenQuantities
 from atwu_fast.methods.gradient_ascent import GradDiffParams
@@ -23,7 +23,7 @@ def make_quantities(seed=0, n_seqs=3):
     scores = torch.rand(len(seq), generator=g, dtype=torch.float64)
     span_kind = torch.randint(0, 3, (len(seq),), generator=g)
     return TokenQuantities(forget_nll=forget, forget_seq=seq, n_forget_seqs=n_seqs, retain_nll=retain,
-                           forget_scores=scores, ref_forget_nll=ref, forget_span_kind=span_kind), lengths
+                           forget_weights=scores, ref_forget_nll=ref, forget_span_kind=span_kind), lengths
 
 
 def reference_loss(name, q, lengths, params):
@@ -41,7 +41,7 @@ def reference_loss(name, q, lengths, params):
         w = [math.exp(-x) ** params.beta1 * (1 - math.exp(-x)) ** params.beta2 for x in f]
     elif name in ("atwu", "atwu_faithful", "atwu_nll", "atwu_logfit", "atwu_frozen", "atwu_oracle",
                   "atwu_oracle_facts"):
-        g = q.forget_scores.tolist()
+        g = q.forget_weights.tolist()
         if name == "atwu_oracle":  # hard 0/1 mask of author-unique span tokens
             g = [1.0 if k == 2 else 0.0 for k in q.forget_span_kind.tolist()]
         if name == "atwu_oracle_facts":  # hard 0/1 mask of every fact token (pooled 1 or unique 2)
@@ -92,9 +92,11 @@ PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(PARAMS))
 def test_loss_and_gradient_match_reference(name):
     q, lengths = make_quantities()
+    if not name.startswith("atwu"):  # the baselines unweighted (their weighted forms are tested below)
+        q.forget_weights = None
     params = PARAMS[name]
     loss = get_method(name).loss(q, params)
     loss.backward()
@@ -121,7 +123,7 @@ def test_saturated_gradient_equals_bounded_surrogate(saturation):
     def nll():
         return torch.nn.functional.softplus(x @ theta)  # ℓ ≥ 0, smooth in θ
 
-    q = TokenQuantities(nll(), seq, 1, torch.zeros(0, dtype=torch.float64), forget_scores=scores)
+    q = TokenQuantities(nll(), seq, 1, torch.zeros(0, dtype=torch.float64), forget_weights=scores)
     (grad_loss,) = torch.autograd.grad(get_method("atwu").loss(q, params), theta)
     p = torch.exp(-nll())
     if saturation == "score":
@@ -135,7 +137,7 @@ def test_saturated_gradient_equals_bounded_surrogate(saturation):
 
 def test_atwu_with_unit_scores_is_wga():
     q, _ = make_quantities(seed=3)
-    q.forget_scores = torch.ones_like(q.forget_nll)
+    q.forget_weights = torch.ones_like(q.forget_nll)
     atwu = get_method("atwu").loss(q, ATWUParams(beta=2.0, alpha=1.0, gamma=1.0))
     wga = get_method("wga").loss(q, WGAParams(beta=2.0))
     assert atwu.item() == pytest.approx(wga.item(), rel=1e-12)
@@ -143,6 +145,7 @@ def test_atwu_with_unit_scores_is_wga():
 
 def test_methods_without_retain_ignore_retain_tokens():
     q, _ = make_quantities()
+    q.forget_weights = None
     loss = get_method("grad_ascent").loss(q, GradDiffParams(alpha=5.0))
     assert loss.item() == pytest.approx(-q.forget_nll.mean().item())
 
@@ -152,6 +155,105 @@ def test_npo_requires_reference_and_atwu_requires_scores():
     q.ref_forget_nll = None
     with pytest.raises(ValueError, match="reference"):
         get_method("npo").loss(q, NPOParams())
-    q.forget_scores = None
+    q.forget_weights = None
     with pytest.raises(ValueError, match="scores"):
         get_method("atwu").loss(q, ATWUParams())
+
+
+# --------------------------------------------------------------------------- the comparison set and plug-ins
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_dpo_loss_and_gradients_match_the_formula():
+    """L = −(2/β)·mean_s log σ(β·[(Σℓ − Σℓ_ref)(loser) − (Σℓ_w − Σℓ_w,ref)(winner)])."""
+    from atwu_fast.methods.preference import DPOParams
+
+    q, lengths = make_quantities(seed=4)
+    q.forget_weights = None
+    win = torch.tensor([2.0, 5.0, 1.0], dtype=torch.float64, requires_grad=True)
+    win_ref = torch.tensor([2.5, 4.0, 1.5], dtype=torch.float64)
+    q.extras.update(winner_nll_sum=win, winner_ref_sum=win_ref)
+    params = DPOParams(alpha=0.6, gamma=1.4, beta=0.3)
+    loss = get_method("dpo").loss(q, params)
+    loss.backward()
+    f, ref, seqs = q.forget_nll.tolist(), q.ref_forget_nll.tolist(), q.forget_seq.tolist()
+    loser = [sum(a - b for a, b, s in zip(f, ref, seqs) if s == i) for i in range(3)]
+    margins = [params.beta * (lo - (w - wr)) for lo, w, wr in zip(loser, win.tolist(), win_ref.tolist())]
+    forget = sum(-(2 / params.beta) * math.log(sigmoid(m)) for m in margins) / 3
+    retain = sum(q.retain_nll.tolist()) / q.retain_nll.numel()
+    assert loss.item() == pytest.approx(params.gamma * forget + params.alpha * retain, rel=1e-10)
+    dm = [-(2 / params.beta) * (1 - sigmoid(m)) / 3 * params.gamma for m in margins]  # dL/dmargin_s
+    assert torch.allclose(q.forget_nll.grad, torch.tensor([dm[s] * params.beta for s in seqs], dtype=torch.float64))
+    assert torch.allclose(win.grad, torch.tensor([-d * params.beta for d in dm], dtype=torch.float64))
+
+
+def test_rmu_loss_is_the_two_activation_mses():
+    from atwu_fast.methods.rmu import RMUParams
+
+    g = torch.Generator().manual_seed(5)
+    q, _ = make_quantities(seed=5)
+    q.forget_weights = None
+    n_f, n_r, d = q.forget_nll.numel(), q.retain_nll.numel(), 4
+    q.extras.update(act_forget=torch.randn(n_f, d, generator=g, dtype=torch.float64, requires_grad=True),
+                    act_retain=torch.randn(n_r, d, generator=g, dtype=torch.float64, requires_grad=True),
+                    act_reference=torch.randn(n_r, d, generator=g, dtype=torch.float64),
+                    control=torch.randn(d, generator=g, dtype=torch.float64))
+    params = RMUParams(alpha=3.0, gamma=0.5)
+    loss = get_method("rmu").loss(q, params)
+    e = q.extras
+    forget = sum(((a - e["control"]) ** 2).mean().item() for a in e["act_forget"]) / n_f
+    retain = sum(((a - r) ** 2).mean().item() for a, r in zip(e["act_retain"], e["act_reference"])) / n_r
+    assert loss.item() == pytest.approx(params.gamma * forget + params.alpha * retain, rel=1e-6)
+
+
+def test_undial_and_seul_are_token_means_of_their_quantities():
+    from atwu_fast.methods.seul import SEULParams
+    from atwu_fast.methods.undial import UNDIALParams
+
+    q, _ = make_quantities(seed=6)
+    q.forget_weights = None
+    q.extras["distill"] = torch.rand(q.forget_nll.numel(), dtype=torch.float64)
+    params = UNDIALParams(alpha=0.0, gamma=2.0)
+    assert get_method("undial").loss(q, params).item() == pytest.approx(2.0 * q.extras["distill"].mean().item())
+    mask = torch.tensor([1.0, 0, 1, 0] + [0] * 7 + [1, 1], dtype=torch.float64)
+    q.forget_weights = mask
+    seul = get_method("seul").loss(q, SEULParams(alpha=0.0, gamma=1.0))
+    assert seul.item() == pytest.approx(-(mask * q.forget_nll).sum().item() / q.forget_nll.numel())
+
+
+@pytest.mark.parametrize("name", ["grad_diff", "npo", "simnpo", "undial"])
+def test_weighted_forms_read_the_token_weights(name):
+    """With weights w: ascent −Σwℓ/N_F, NPO Σ_t w(ℓ − ℓ_ref) per sequence, SimNPO Σwℓ/Σw, UNDIAL Σw·CE/N_F;
+    w ≡ 1 gives the unweighted loss exactly."""
+    q, lengths = make_quantities(seed=7)
+    q.extras["distill"] = torch.rand(q.forget_nll.numel(), dtype=torch.float64)
+    method = get_method(name)
+    params = {"grad_diff": GradDiffParams(alpha=0.0), "npo": NPOParams(alpha=0.0, beta=0.4),
+              "simnpo": SimNPOParams(alpha=0.0, beta=2.0, delta=0.1)}.get(name)
+    if params is None:
+        from atwu_fast.methods.undial import UNDIALParams
+
+        params = UNDIALParams(alpha=0.0)
+    w = q.forget_weights.tolist()
+    f, seqs = q.forget_nll.tolist(), q.forget_seq.tolist()
+    if name == "grad_diff":
+        expected = -sum(a * b for a, b in zip(w, f)) / len(f)
+    elif name == "undial":
+        expected = sum(a * b for a, b in zip(w, q.extras["distill"].tolist())) / len(f)
+    elif name == "npo":
+        ref = q.ref_forget_nll.tolist()
+        sums = [sum(wi * (a - r) for wi, a, r, s in zip(w, f, ref, seqs) if s == i) for i in range(3)]
+        expected = sum(-(2 / params.beta) * math.log(sigmoid(params.beta * x)) for x in sums) / 3
+    else:
+        means = [sum(wi * a for wi, a, s in zip(w, f, seqs) if s == i) / sum(wi for wi, s in zip(w, seqs) if s == i)
+                 for i in range(3)]
+        expected = sum(-(2 / params.beta) * math.log(sigmoid(params.beta * (m - params.delta))) for m in means) / 3
+    assert method.loss(q, params).item() == pytest.approx(params.gamma * expected, rel=1e-10)
+    unweighted = method.loss(q, params).item()
+    q.forget_weights = torch.ones_like(q.forget_nll)
+    ones = method.loss(q, params).item()
+    q.forget_weights = None
+    assert ones == method.loss(q, params).item() and unweighted != ones  # w ≡ 1 is the plain loss, bit for bit

@@ -42,6 +42,7 @@ def test_every_registered_method_has_its_config_section_and_is_in_methods_all():
     assert cfg.method_list() == list(METHODS)
     for method in METHODS.values():
         assert isinstance(getattr(cfg, method.params_section), method.params_type)
+        method.params(method.sections(cfg))  # plug-in pairs resolve their loss's and their source's sections
 
 
 def test_defaults_are_the_faithful_objective_terms():

@@ -28,7 +28,10 @@ FROZEN = {"schedule": "frozen", "pretrain_steps": 0}  # g ≡ init_score (0.5) t
 
 
 def _variant(name: str, fixed: dict) -> Method:
-    return Method(name, ATWUParams, atwu_loss, section="atwu", fixed=fixed, hooks=ScorerHooks)
+    return Method(name, ATWUParams, atwu_loss, section="atwu", fixed=fixed, hooks=ScorerHooks, weight_hooks="learned",
+                  pluggable=True,
+                  doc="−(1/N_F) Σ g·[p^(βg)]_sg·ℓ + α·retain NLL, g = σ(wᵀh + b) learned (Yüce et al. 2026; "
+                      "docs/method.md)")
 
 
 ATWU = _variant("atwu", {})
@@ -36,6 +39,8 @@ ATWU_FAITHFUL = _variant("atwu_faithful", FAITHFUL)
 ATWU_NLL = _variant("atwu_nll", NLL_TRACKING)
 ATWU_LOGFIT = _variant("atwu_logfit", LOG_FIT)
 ATWU_FROZEN = _variant("atwu_frozen", FROZEN)
-ATWU_ORACLE = Method("atwu_oracle", ATWUParams, atwu_oracle_loss, section="atwu", needs_spans=True)
-ATWU_ORACLE_FACTS = Method("atwu_oracle_facts", ATWUParams, atwu_oracle_facts_loss, section="atwu", needs_spans=True)
+ATWU_ORACLE = Method("atwu_oracle", ATWUParams, atwu_oracle_loss, section="atwu", needs_spans=True,
+                     doc="the saturated loss with g = 1 on ground-truth author-unique tokens (control)")
+ATWU_ORACLE_FACTS = Method("atwu_oracle_facts", ATWUParams, atwu_oracle_facts_loss, section="atwu", needs_spans=True,
+                           doc="the saturated loss with g = 1 on every ground-truth fact token (control)")
 VARIANTS = (ATWU, ATWU_FAITHFUL, ATWU_NLL, ATWU_LOGFIT, ATWU_FROZEN, ATWU_ORACLE, ATWU_ORACLE_FACTS)

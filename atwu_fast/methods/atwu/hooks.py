@@ -38,8 +38,9 @@ class ScorerHooks(TrainingHooks):
     """The learned scorer g = σ(wᵀh + b) of one ATWU run (``params``: the ``atwu`` section as the
     variant runs it)."""
 
-    def __init__(self, params):
+    def __init__(self, params, fused: bool = True):
         self.params = params
+        self.fused = fused  # ATWU's own loss may come from the fused head; a plug-in's loss is another method's
         self.scorer: Optional[LinearScorer] = None
         self.trainer: Optional[ScorerTrainer] = None
         self.pretrain_losses: list[float] = []
@@ -92,7 +93,7 @@ class ScorerHooks(TrainingHooks):
     def after_forward(self, loop, step: int, tokens, is_forget: Tensor, q: TokenQuantities,
                       stats: dict) -> Optional[Tensor]:
         """The fused head: NLL, scores, loss and gradients from one call over the hidden states."""
-        if not loop.cfg.fused_head:
+        if not (self.fused and loop.cfg.fused_head):
             return None
         params = self.params
         weight, bias = lm_head(loop.model)
@@ -149,11 +150,11 @@ class ScorerHooks(TrainingHooks):
             stats["scorer_loss"] = parts.total.item()
             extra = parts.total
         with torch.no_grad():
-            q.forget_scores = self.scorer(hidden_f)
-        stats["score_mean"] = q.forget_scores.mean().item()
-        stats["score_frac"] = (q.forget_scores > 0.5).float().mean().item()
+            q.forget_weights = self.scorer(hidden_f)
+        stats["score_mean"] = q.forget_weights.mean().item()
+        stats["score_frac"] = (q.forget_weights > 0.5).float().mean().item()
         if params.score_mean_target is not None:  # the model step's scores (the scorer saw the raw g)
-            q.forget_scores = rescale_to_mean(q.forget_scores, params.score_mean_target, q.n_forget,
+            q.forget_weights = rescale_to_mean(q.forget_weights, params.score_mean_target, q.n_forget,
                                               dist.all_reduce_sum if dist.enabled else None)
         return extra
 
@@ -163,7 +164,7 @@ class ScorerHooks(TrainingHooks):
                 loop.dist.all_reduce_sum(p.grad).div_(loop.dist.world)
 
     # ------------------------------------------------------------------ evaluation, checkpoints, outputs
-    def token_weights(self, tokens) -> Tensor:
+    def token_weights(self, tokens, rows) -> Tensor:
         return self.scorer(tokens.hidden(self.params.score_position)).detach()
 
     def optimised_modules(self) -> dict[str, torch.nn.Module]:

@@ -24,9 +24,10 @@ def atwu_forget_weights(nll: torch.Tensor, scores: torch.Tensor, beta: float, sa
 
 
 def atwu_loss(q: TokenQuantities, params):
-    if q.forget_scores is None:
+    """The saturated forget loss with the weight source's scores as g (ATWU's scorer, or any mask)."""
+    if q.forget_weights is None:
         raise ValueError("ATWU needs token scores")
-    return weighted_ascent(q, atwu_forget_weights(q.forget_nll, q.forget_scores, params.beta, params.saturation))
+    return weighted_ascent(q, atwu_forget_weights(q.forget_nll, q.forget_weights, params.beta, params.saturation))
 
 
 def oracle_mask_loss(min_kind: int, name: str):

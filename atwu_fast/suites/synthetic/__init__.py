@@ -67,6 +67,9 @@ class SyntheticSuite(Suite):
     def load_target(self):
         return assets.load_model(self.dirs["target"])
 
+    def encode(self, question: str, answer: str) -> dict:
+        return encode_qa(self.tokenizer, question, answer, self.cfg.tokenizer.max_length)
+
     def reference_models(self) -> dict:
         return {"retain model": lambda: assets.load_model(self.dirs["retain"]), "target model": self.load_target}
 

@@ -1,0 +1,135 @@
+"""Fused linear distillation: per-token cross-entropy of a student's LM head against a teacher's
+adjusted softmax, chunked, never holding more than two ``chunk × V`` buffers.
+
+For token i with student logits z_i = t(h_i·Wᵀ + b) and teacher logits u_i = t(h^T_i·W_Tᵀ + b_T)
+(``t`` the model's logit transform, :class:`~atwu_kernels.transform.LogitTransform`), the target is
+the teacher's distribution with the label's logit lowered by ``shift`` (UNDIAL, Dong et al. 2024):
+
+    q_i = softmax(u_i − shift·e_{y_i}),     loss_i = −Σ_v q_iv log softmax(z_i)_v = lse(z_i) − Σ_v q_iv z_iv
+
+The teacher is a constant. With an upstream gradient g_i per token, ∂/∂z_i = g_i·(softmax(z_i) − q_i),
+so ∂/∂H = G·W and ∂/∂W = Gᵀ·H (G through the transform's derivative), accumulated in fp32 chunk by
+chunk; the forward keeps nothing but its inputs and the backward recomputes both logit chunks
+(forward 4·N·D·V FLOPs, backward 8·N·D·V). Also returns the student's per-token NLL
+lse(z_i) − z_{i,y_i} (no gradient), free from the same logits. Ignored rows (``ignore_index``) give 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .transform import LogitTransform
+
+DEFAULT_DISTILL_CHUNK = 512
+
+
+def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    raw = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
+    return raw
+
+
+def _softmax_(x: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dimension, in place."""
+    return x.sub_(x.logsumexp(-1, keepdim=True)).exp_()
+
+
+def _target(teacher_raw: torch.Tensor, labels: torch.Tensor, shift: float, transform: LogitTransform) -> torch.Tensor:
+    """q = softmax(t(u) − shift·e_y) as a fresh fp32 chunk (written over the transformed logits)."""
+    u = transform.apply(teacher_raw)
+    if shift:
+        u.scatter_add_(1, labels[:, None], torch.full((u.shape[0], 1), -float(shift), dtype=u.dtype, device=u.device))
+    return _softmax_(u)
+
+
+class _LinearDistillation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, valid, shift,
+                transform, chunk):
+        n = hidden.shape[0]
+        loss = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        nll = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        with torch.no_grad():
+            for lo in range(0, n, chunk):
+                rows = slice(lo, lo + chunk)
+                y = labels[rows]
+                z = transform.apply(_logits(hidden[rows], weight, bias))
+                q = _target(_logits(teacher_hidden[rows], teacher_weight, teacher_bias), y, shift, transform)
+                lse = z.logsumexp(-1)
+                loss[rows] = lse - q.mul_(z).sum(-1)
+                nll[rows] = lse - z.gather(1, y[:, None])[:, 0]
+        loss.mul_(valid)
+        nll.mul_(valid)
+        ctx.save_for_backward(hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, valid)
+        ctx.shift, ctx.transform, ctx.chunk = shift, transform, chunk
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll):
+        hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, valid = ctx.saved_tensors
+        transform, chunk = ctx.transform, ctx.chunk
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if (need_b and bias is not None) \
+            else None
+        coeff = (grad_loss.float() * valid)
+        with torch.no_grad():
+            for lo in range(0, hidden.shape[0], chunk):
+                rows = slice(lo, lo + chunk)
+                raw = _logits(hidden[rows], weight, bias)
+                derivative = transform.derivative(raw)  # dt/dz: a tensor only with a soft cap
+                g = _softmax_(transform.apply(raw))
+                del raw
+                g.sub_(_target(_logits(teacher_hidden[rows], teacher_weight, teacher_bias), labels[rows], ctx.shift,
+                               transform))
+                g.mul_(coeff[rows, None]).mul_(derivative)  # ∂/∂t, then ∂/∂z
+                if need_h:
+                    grad_h[rows] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
+                if need_w:
+                    grad_w.addmm_(g.t(), hidden[rows].float())
+                if grad_b is not None:
+                    grad_b.add_(g.sum(0))
+        return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None, None, None, None)
+
+
+def linear_distillation(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    shift: float = 0.0,
+    bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    softcap: float | None = None,
+    logit_scale: float | None = None,
+    chunk_size: int = DEFAULT_DISTILL_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (loss, student NLL), each ``labels.shape``; the loss is differentiable in ``hidden``,
+    ``weight`` and ``bias`` for any upstream gradient (see the module docstring)."""
+    if hidden.shape != teacher_hidden.shape[:-1] + hidden.shape[-1:] or hidden.shape[:-1] != labels.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)}, teacher_hidden {tuple(teacher_hidden.shape)} and labels "
+                         f"{tuple(labels.shape)} must have the same rows")
+    if weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(f"student and teacher vocabularies differ: {weight.shape[0]} vs {teacher_weight.shape[0]}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    shape = labels.shape
+    flat = labels.reshape(-1).long()
+    valid = flat != ignore_index
+    vocab = weight.shape[0]
+    bad = valid & ((flat < 0) | (flat >= vocab))
+    if bool(bad.any()):
+        raise IndexError(f"label {int(flat[bad][0])} is out of range for a vocabulary of {vocab}")
+    y = torch.where(valid, flat, torch.zeros_like(flat))
+    dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    loss, nll = _LinearDistillation.apply(
+        hidden.reshape(-1, hidden.shape[-1]).to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+        teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach().to(teacher_weight.dtype), teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(), y, valid.float(), float(shift),
+        LogitTransform.build(logit_scale, softcap), int(chunk_size))
+    return loss.reshape(shape), nll.reshape(shape)

@@ -103,8 +103,11 @@ class Unlearner:
         self.hooks: TrainingHooks = method.make_hooks(self.params)
         self.hooks.select_parameters(model)  # before wrapping: DDP / FSDP register what trains
         self.step_module = wrap(model, dist, parallel)
-        extra_groups = self.hooks.setup(self)
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + extra_groups
+        # Collected right after wrapping, before setup: setup may forward through the wrapped model
+        # (ATWU's scorer pre-training), after which FSDP's model.parameters() no longer yields the
+        # sharded parameters every rank steps, and the ranks drift apart from the first step.
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups += self.hooks.setup(self)
         self.optimizer = build_optimizer(groups, optim, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_lambda(cfg.warmup_steps, cfg.steps, cfg.lr_schedule))

@@ -48,9 +48,9 @@ def test_eval_cli_rwku_and_errors(model_dir, tmp_path, capsys):
 
 def test_unlearn_cli_tofu_keeps_best_epoch(model_dir, tmp_path):
     out = tmp_path / "run"
-    assert unlearn_main(["--benchmark", "tofu", "--split", "forget01", "--model", str(model_dir),
+    assert unlearn_main(["--benchmark", "tofu", "--split", "forget10", "--model", str(model_dir),
                          "--benchmark.data_dir", str(TOFU_DIR), "--method", "grad_diff", "--benchmark.epochs", "2",
-                         "--train.forget_batch_size", "2", "--train.retain_batch_size", "2",
+                         "--train.forget_batch_size", "4", "--train.retain_batch_size", "2",
                          "--benchmark.eval_every_epoch", "true", "--benchmark.keep_best_by", "model_utility",
                          "--benchmark.max_new_tokens", "3", "--retain-logs", str(TOFU_DIR.parent / "tofu_retain_logs"),
                          "--output-dir", str(out)]) == 0

@@ -16,7 +16,8 @@ from atwu_fast.unlearn.__main__ import main as unlearn_main
 pytestmark = pytest.mark.slow
 
 SMALL = ["--train.forget_batch_size", "2", "--train.retain_batch_size", "2", "--benchmark.max_new_tokens", "2"]
-TOFU = ["--benchmark", "tofu", "--split", "forget01", "--benchmark.data_dir", str(TOFU_DIR), *SMALL]
+TOFU = ["--benchmark", "tofu", "--split", "forget10", "--benchmark.data_dir", str(TOFU_DIR), *SMALL,
+        "--train.forget_batch_size", "4"]  # the 4 rows of the fixture's retain logs: one step per epoch
 TOFU_METHODS = ["atwu", "grad_diff"]
 
 
@@ -78,7 +79,7 @@ def test_tofu_report_is_self_contained_with_every_method_and_metric(tofu_run):
 
 def test_tofu_report_heatmaps_and_curves(tofu_run):
     page = self_contained(tofu_run / "report.html")
-    forget = [json.loads(line) for line in (TOFU_DIR / "forget01.json").read_text().splitlines()]
+    forget = [json.loads(line) for line in (TOFU_DIR / "forget10.json").read_text().splitlines()]
     for method in TOFU_METHODS:
         doc = json.loads((tofu_run / method / "token_scores.json").read_text())
         assert page.rows[method] == list(range(len(forget)))
@@ -220,5 +221,5 @@ def test_resume_with_a_corrupt_metrics_file_is_a_clean_error(model_dir, tmp_path
 def test_real_report_renders_in_headless_chromium(tofu_run, tmp_path):
     page = render_in_chromium(tofu_run / "report.html", tmp_path)
     assert {"metrics", "tradeoff", *(f"m-{m}" for m in TOFU_METHODS)} <= set(page.ids)
-    assert page.rows["atwu"] == [0, 1] and "data:image/png;base64," in page.dom
+    assert page.rows["atwu"] == [0, 1, 2, 3] and "data:image/png;base64," in page.dom
     assert os.path.getsize(tofu_run / "report.html") > 10_000

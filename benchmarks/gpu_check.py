@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-TEST_FILES = ["tests/test_kernels_token_nll.py", "tests/test_kernels_atwu_head.py", "tests/test_kernels_hf_models.py"]
+TEST_FILES = ["tests/kernels/test_kernels_token_nll.py", "tests/kernels/test_kernels_atwu_head.py", "tests/kernels/test_kernels_hf_models.py"]
 BF16_SLACK = 1e-2
 
 

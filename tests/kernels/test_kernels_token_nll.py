@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from atwu_kernels import linear_token_nll, weighted_linear_cross_entropy
-from kernels_helpers import IGNORE, IMPLS, as64, assert_close, make_problem, reference_nll, relative_error
+from helpers import IGNORE, IMPLS, as64, assert_close, make_problem, reference_nll, relative_error
 
 
 def _grads(*tensors):
@@ -120,7 +120,7 @@ def test_bf16_inputs_close_to_reference(impl):
 
 def test_implementations_agree():
     pytest.importorskip("triton")
-    from kernels_helpers import triton_available
+    from helpers import triton_available
 
     if not triton_available():
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")

@@ -38,6 +38,10 @@ class LogitTransform:
         )
 
     @property
+    def is_identity(self) -> bool:
+        return self.scale is None and self.softcap is None
+
+    @property
     def scale_or_one(self) -> float:
         return 1.0 if self.scale is None else self.scale
 

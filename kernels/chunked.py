@@ -116,6 +116,7 @@ def sweep(
     grad_bias = (
         torch.zeros(weight.shape[0], dtype=torch.float32, device=device) if want_any_grad and want_grad_bias else None
     )
+    workspace = ops.workspace(min(chunk_size, n_rows), weight.shape[0], device)
 
     for start in range(0, n_rows, chunk_size):
         rows = slice(start, min(start + chunk_size, n_rows))
@@ -125,14 +126,15 @@ def sweep(
         z = _chunk_logits(h, weight, bias)
         if compute_stats and coefficients is not None:
             lse[rows], nll[rows], coeff_all[rows] = ops.chunk_stats_coeff_grad_(
-                z, y, valid, plan.transform, plan.ignore_index, coefficients, rows, want_any_grad
+                z, y, valid, plan.transform, plan.ignore_index, coefficients, rows, want_any_grad, workspace
             )
         elif compute_stats:
-            lse[rows], nll[rows] = ops.chunk_stats(z, y, valid, plan.transform, plan.ignore_index)
+            lse[rows], nll[rows] = ops.chunk_stats(z, y, valid, plan.transform, plan.ignore_index, workspace)
         elif coefficients is not None:
             coeff_all[rows] = ops.chunk_coeff_grad_(
-                z, y, valid, plan.transform, plan.ignore_index, lse[rows], None, coefficients, rows, want_any_grad
-            )
+                z, y, valid, plan.transform, plan.ignore_index, lse[rows], None, coefficients, rows, want_any_grad,
+                workspace,
+            )  # fmt: skip
         if want_any_grad:  # z now holds G
             if grad_hidden is not None:
                 hidden_grad_into(grad_hidden[rows], z, weight)

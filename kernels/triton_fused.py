@@ -6,7 +6,7 @@ Per chunk of ``C`` rows (``P`` = tile width of the logits GEMM, ``s`` = bytes pe
    ``[BM, P]`` tile (``t = cap·tanh(scale·z/cap)``), keeps the row's running max / sum-exp /
    target logit (online log-sum-exp over this program's share of the vocabulary) and, when
    gradients follow, stores ``E = exp(t − m)`` with ``m`` the tile's row max (``[C, V]`` in the
-   compute dtype) and ``m`` itself (``[C, V/P]`` fp32). ``Z`` and the log-sum-exp never need a
+   compute dtype) and ``m`` itself (``[C, V/P]`` fp32, P = 128 on GPU). ``Z`` and the log-sum-exp never need a
    separate pass: ``exp`` is computed once per logit.
 2. :func:`_finish_kernel` — merges the per-split partial statistics into ``lse``, ``ℓ`` and the
    row coefficient ``c`` (given, or the ATWU rule of :func:`atwu_kernels.triton_impl.atwu_coefficient`).
@@ -46,7 +46,6 @@ import triton.language as tl
 
 from .chunked import Plan, SweepResult
 from .dispatch import triton_interpreting
-from .gemm_accumulate import fp32_output_gemm_supported  # noqa: F401  (re-exported for gpu_check)
 from .triton_impl import NEG_BIG, coefficient_args, row_coefficients, transformed
 
 
@@ -400,13 +399,18 @@ def _configs() -> dict:
     """
     if triton_interpreting():
         return dict(BM=64, P=128, BK=64, BN=64, BD=64, BM_W=64, warps=4, stages=1, max_splits=2)
-    return dict(BM=128, P=256, BK=64, BN=128, BD=256, BM_W=64, warps=8, stages=3, max_splits=None)
+    # logits: acc 128×128 fp32 = 64 registers/thread at 8 warps; gradients: acc 64×256 (BD = 256
+    # keeps the prologue recompute at D/256 per element), operand tiles ≤ 32 KB per stage.
+    return dict(BM=128, P=128, BK=64, BN=64, BD=256, BM_W=64, warps=8, stages=3, max_splits=None)
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not triton_interpreting() and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+def _dot_precision(dtype: torch.dtype) -> str | None:
+    """fp32 operands: exact (``ieee``) unless torch allows TF32; others: Triton's default (tensor cores)."""
+    if triton_interpreting():
+        return "ieee"
+    if dtype == torch.float32:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return None
 
 
 def _splits(n_m: int, n_tiles: int, device: torch.device, max_splits: int | None) -> tuple[int, int]:

@@ -272,17 +272,25 @@ class TritonRowOps:
     name = "triton"
 
     @staticmethod
-    def chunk_stats(z, labels, valid, transform, ignore_index):
+    def workspace(rows, vocab, device):
+        return None  # the kernel keeps its temporaries in registers
+
+    @staticmethod
+    def chunk_stats(z, labels, valid, transform, ignore_index, workspace=None):
         lse, nll, _ = run_rows(z, labels, transform, ignore_index)
         return lse, nll
 
     @staticmethod
-    def chunk_coeff_grad_(z, labels, valid, transform, ignore_index, lse, nll, coefficients, rows, write_grad):
+    def chunk_coeff_grad_(
+        z, labels, valid, transform, ignore_index, lse, nll, coefficients, rows, write_grad, workspace=None
+    ):
         assert isinstance(coefficients, torch.Tensor), "a coefficient rule needs the statistics pass"
         return run_rows(
             z, labels, transform, ignore_index, lse=lse, coefficients=coefficients, rows=rows, write_grad=write_grad
         )[2]
 
     @staticmethod
-    def chunk_stats_coeff_grad_(z, labels, valid, transform, ignore_index, coefficients, rows, write_grad):
+    def chunk_stats_coeff_grad_(
+        z, labels, valid, transform, ignore_index, coefficients, rows, write_grad, workspace=None
+    ):
         return run_rows(z, labels, transform, ignore_index, coefficients=coefficients, rows=rows, write_grad=write_grad)

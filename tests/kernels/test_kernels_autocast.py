@@ -1,15 +1,30 @@
-"""fp32 parameters under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the CUDA case runs the same
-code): GEMMs in bf16, statistics in fp32, gradients in each input's own dtype. Checked against a
-float64 reference on the bf16-rounded operands, within bounds derived from bf16 arithmetic."""
+"""fp32 parameters under ``torch.autocast(<device>, dtype=torch.bfloat16)`` (CPU here; CUDA runs the
+same code): GEMMs in bf16, statistics in fp32, gradients in each input's own dtype. Checked against
+a float64 reference on the bf16-rounded operands, within bounds derived from bf16 arithmetic."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from atwu_kernels import atwu_head, linear_token_nll, weighted_linear_cross_entropy
-from helpers import IGNORE, IMPLS, as64, assert_within, bf16_gemm_bounds, bf16_round64, make_problem, reference_atwu
+from helpers import (
+    IGNORE,
+    IMPLS,
+    as64,
+    assert_within,
+    bf16_gemm_bounds,
+    bf16_round64,
+    device,
+    make_problem,
+    reference_atwu,
+)
 
-AMP = dict(device_type="cpu", dtype=torch.bfloat16)
+DEVICE = device()
+AMP = dict(device_type=DEVICE.type, dtype=torch.bfloat16)
+
+
+def _rand(shape, seed):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
 def _reference_nll(h, w, b, labels):
@@ -30,7 +45,7 @@ def _check_grads(bounds, hidden, weight, b, h64, w64, b64):
 @pytest.mark.parametrize("backward_in_autocast", [True, False])
 def test_token_nll_under_autocast(impl, backward_in_autocast):
     hidden, weight, labels, b = make_problem(75, 32, 400, seed=3, bias=True, ignore_every=6)
-    upstream = torch.rand(labels.shape, generator=torch.Generator().manual_seed(4)) * 3 - 1
+    upstream = _rand(labels.shape, 4) * 3 - 1
     with torch.autocast(**AMP):
         nll = linear_token_nll(hidden, weight, labels, bias=b, impl=impl, chunk_size=32)
         if backward_in_autocast:
@@ -51,7 +66,7 @@ def test_token_nll_under_autocast(impl, backward_in_autocast):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_weighted_cross_entropy_under_autocast(impl, reduction):
     hidden, weight, labels, _ = make_problem(90, 24, 333, seed=5, ignore_every=4)
-    weights = torch.rand(labels.shape, generator=torch.Generator().manual_seed(6)) * 2
+    weights = _rand(labels.shape, 6) * 2
     with torch.autocast(**AMP):
         loss = weighted_linear_cross_entropy(
             hidden, weight, labels, weights, reduction=reduction, impl=impl, chunk_size=40
@@ -74,9 +89,9 @@ def test_weighted_cross_entropy_under_autocast(impl, reduction):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_atwu_head_under_autocast(impl):
     hidden, weight, labels, b = make_problem(80, 32, 300, seed=7, bias=True, ignore_every=5)
-    is_forget = torch.rand(labels.shape, generator=torch.Generator().manual_seed(8)) < 0.5
+    is_forget = _rand(labels.shape, 8) < 0.5
     gen = torch.Generator().manual_seed(9)
-    sw, sb = torch.randn(32, generator=gen) * 0.3, torch.randn((), generator=gen) * 0.3
+    sw, sb = (torch.randn(32, generator=gen) * 0.3).to(DEVICE), (torch.randn((), generator=gen) * 0.3).to(DEVICE)
     hparams = dict(alpha=0.9, gamma=2.5, beta=3.0)
     with torch.autocast(**AMP):
         out = atwu_head(hidden, weight, labels, is_forget, sw, sb, bias=b, impl=impl, chunk_size=32, **hparams)
@@ -127,6 +142,6 @@ def test_autocast_does_not_change_results_outside_it():
     """Without autocast the fp32 path is untouched by the autocast machinery."""
     hidden, weight, labels, _ = make_problem(30, 16, 90, seed=12)
     plain = weighted_linear_cross_entropy(hidden, weight, labels)
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=False):
+    with torch.autocast(**AMP, enabled=False):
         disabled = weighted_linear_cross_entropy(hidden, weight, labels)
     assert torch.equal(plain, disabled)

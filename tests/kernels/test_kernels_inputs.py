@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import traceback
 
 import pytest
@@ -10,12 +12,12 @@ import torch.nn.functional as F
 import triton.runtime.interpreter
 import triton.runtime.jit
 from atwu_kernels import atwu_head, linear_token_nll, weighted_linear_cross_entropy
-from helpers import IGNORE, IMPLS, make_problem
+from helpers import IGNORE, IMPLS, device, make_problem
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
-def _scorer(d):
-    return torch.full((d,), 0.1), torch.zeros(())
+def _scorer(hidden):
+    return torch.full((hidden.shape[-1],), 0.1, device=hidden.device), torch.zeros((), device=hidden.device)
 
 
 OPS = {
@@ -25,7 +27,7 @@ OPS = {
         h, w, y, reduction="sum", impl=impl, **kw
     ),
     "atwu_head": lambda h, w, y, impl, **kw: (
-        atwu_head(h, w, y, y % 2 == 0, *_scorer(h.shape[-1]), impl=impl, **kw).loss
+        atwu_head(h, w, y, y % 2 == 0, *_scorer(h), impl=impl, **kw).loss
     ),
 }
 
@@ -33,6 +35,11 @@ OPS = {
 # ------------------------------------------------------------------------------- label range
 
 
+ON_CUDA = device().type == "cuda"
+CPU_ONLY = pytest.mark.skipif(ON_CUDA, reason="on CUDA a bad label is a device-side assert (see the CUDA test)")
+
+
+@CPU_ONLY
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("bad", [50, 57, -1, -101])
@@ -46,6 +53,21 @@ def test_out_of_range_label_raises_like_cross_entropy(impl, op, bad):
     assert reference.type is ours.type
 
 
+@pytest.mark.skipif(not ON_CUDA, reason="the device-side label assert needs CUDA")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_out_of_range_label_asserts_on_cuda(impl):
+    """In a child process (a device-side assert ends the CUDA context), as F.cross_entropy does."""
+    code = (
+        "import torch, atwu_kernels as k\n"
+        "h = torch.randn(12, 8, device='cuda'); w = torch.randn(50, 8, device='cuda')\n"
+        "y = torch.randint(0, 50, (12,), device='cuda'); y[7] = 50\n"
+        f"k.linear_token_nll(h, w, y, impl={impl!r}); torch.cuda.synchronize()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0 and "labels must be in [0, 50)" in proc.stderr
+
+
+@CPU_ONLY
 @pytest.mark.parametrize("impl", IMPLS)
 def test_custom_ignore_index_is_not_out_of_range(impl):
     hidden, weight, labels, _ = make_problem(12, 8, 50, seed=2)

@@ -49,7 +49,7 @@ from .dispatch import triton_interpreting
 from .triton_impl import NEG_BIG, coefficient_args, row_coefficients, transformed
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "n_cols", "dim", "tiles_per_split"])
 def _logits_kernel(
     h_ptr,
     stride_h,
@@ -130,7 +130,7 @@ def _logits_kernel(
         tl.store(ptarget_ptr + offsets, target, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_splits", "n_rows", "ignore_index"])
 def _finish_kernel(
     pmax_ptr,
     psum_ptr,
@@ -237,7 +237,7 @@ def _grad_tile(
     return tl.where(mask, g, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "n_cols", "dim"])
 def _grad_hidden_kernel(
     e_ptr,
     stride_e,
@@ -306,7 +306,7 @@ def _grad_hidden_kernel(
     tl.store(out, acc.to(dh_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "n_cols", "dim"])
 def _grad_weight_kernel(
     e_ptr,
     stride_e,

@@ -17,7 +17,7 @@ import triton.language as tl
 from .dispatch import triton_interpreting
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "dim"])
 def _scores_kernel(h_ptr, stride_h, w_ptr, b_ptr, out_ptr, n_rows, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
@@ -33,7 +33,7 @@ def _scores_kernel(h_ptr, stride_h, w_ptr, b_ptr, out_ptr, n_rows, dim, BLOCK_R:
     tl.store(out_ptr + rows, tl.sigmoid(acc + bias), mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "dim", "rows_per_split"])
 def _row_sum_kernel(
     r_ptr, h_ptr, stride_h, out_ptr, n_rows, dim, rows_per_split, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
 ):

@@ -6,8 +6,8 @@ Per chunk of ``C`` rows (``P`` = tile width of the logits GEMM, ``s`` = bytes pe
    ``[BM, P]`` tile (``t = cap·tanh(scale·z/cap)``), keeps the row's running max / sum-exp /
    target logit (online log-sum-exp over this program's share of the vocabulary) and, when
    gradients follow, stores ``E = exp(t − m)`` with ``m`` the tile's row max (``[C, V]`` in the
-   compute dtype) and ``m`` itself (``[C, V/P]`` fp32, P = 128 on GPU). ``Z`` and the log-sum-exp never need a
-   separate pass: ``exp`` is computed once per logit.
+   compute dtype) and ``m`` itself (``[C, V/P]`` fp32; P = 128 on GPU). ``Z`` is never stored and
+   the log-sum-exp needs no pass of its own: ``exp`` is computed once per logit.
 2. :func:`_finish_kernel` — merges the per-split partial statistics into ``lse``, ``ℓ`` and the
    row coefficient ``c`` (given, or the ATWU rule of :func:`atwu_kernels.triton_impl.atwu_coefficient`).
 3. :func:`_grad_hidden_kernel` and :func:`_grad_weight_kernel` — ``dH = G W`` and ``dW (+)= Gᵀ H``
@@ -15,10 +15,10 @@ Per chunk of ``C`` rows (``P`` = tile width of the logits GEMM, ``s`` = bytes pe
 
        G = c·(E·e^(m − lse) − [v = y])·dt/dz      (dt/dz from t = m + log E when a cap is set)
 
-   so ``G`` is never written, and no ``exp`` is repeated: the per-element work is a load, a
-   multiply, a compare and a cast. ``dW`` programs own their ``[P', BD]`` tile and loop over all
-   rows, so chunks accumulate without atomics (fp32 buffer with several chunks, the parameter
-   dtype directly with one).
+   so ``G`` is never written, and no ``exp`` is repeated (one per row and tile for ``e^(m − lse)``;
+   a ``log`` per element only with a cap): the per-element work is a load, a multiply, a compare
+   and a cast. ``dW`` programs own their ``[BN, BD]`` tile and loop over all rows, so chunks
+   accumulate without atomics (an fp32 buffer with several chunks, the parameter dtype with one).
 
 FLOPs and bytes (``N`` rows, logits traffic; ``H``, ``W`` reads are GEMM operand traffic):
 
@@ -391,17 +391,17 @@ def _grad_weight_kernel(
         tl.store(db_ptr + cols, tl.load(db_ptr + cols, mask=bias_mask, other=0.0) + dbias, mask=bias_mask)
 
 
-def _configs() -> dict:
-    """Tile sizes (untuned on GPU; the interpreter's cost is per program, so big tiles there).
+# Tile sizes. ``P`` is the logits tile width (the granularity of the stored row maxima ``m``); the
+# gradient GEMMs walk the vocabulary in ``BN`` columns, a divisor of ``P``. GPU (untuned): logits
+# acc 128×128 fp32 = 64 registers/thread at 8 warps; gradients acc 64×256 (BD = 256 keeps the
+# prologue recompute at D/256 per element), operand tiles ≤ 32 KB per stage. The interpreter's cost
+# is per program, so it gets big tiles; the tests also run the GPU tiles under it.
+GPU_TILES = dict(BM=128, P=128, BK=64, BN=64, BD=256, BM_W=64, warps=8, stages=3)
+INTERPRETER_TILES = dict(BM=64, P=128, BK=64, BN=64, BD=64, BM_W=64, warps=4, stages=1)
 
-    ``P`` is the logits tile width (the granularity of the stored row maxima ``m``); the gradient
-    GEMMs walk the vocabulary in ``BN`` columns, a divisor of ``P``.
-    """
-    if triton_interpreting():
-        return dict(BM=64, P=128, BK=64, BN=64, BD=64, BM_W=64, warps=4, stages=1, max_splits=2)
-    # logits: acc 128×128 fp32 = 64 registers/thread at 8 warps; gradients: acc 64×256 (BD = 256
-    # keeps the prologue recompute at D/256 per element), operand tiles ≤ 32 KB per stage.
-    return dict(BM=128, P=128, BK=64, BN=64, BD=256, BM_W=64, warps=8, stages=3, max_splits=None)
+
+def _configs() -> dict:
+    return INTERPRETER_TILES if triton_interpreting() else GPU_TILES
 
 
 def _dot_precision(dtype: torch.dtype) -> str | None:
@@ -413,11 +413,16 @@ def _dot_precision(dtype: torch.dtype) -> str | None:
     return None
 
 
-def _splits(n_m: int, n_tiles: int, device: torch.device, max_splits: int | None) -> tuple[int, int]:
-    """(splits, tiles per split): enough programs to fill the GPU twice over, none empty."""
-    if max_splits is None:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        max_splits = triton.cdiv(2 * sms, max(n_m, 1))
+def _max_splits(device: torch.device, n_m: int) -> int:
+    """Vocabulary splits of the logits GEMM: enough programs to fill the GPU twice over (2 under
+    the interpreter, so that the merge of partial statistics is exercised)."""
+    if device.type != "cuda":
+        return 2
+    return triton.cdiv(2 * torch.cuda.get_device_properties(device).multi_processor_count, max(n_m, 1))
+
+
+def _splits(n_tiles: int, max_splits: int) -> tuple[int, int]:
+    """(splits, tiles per split) for ``n_tiles`` vocabulary tiles: at most ``max_splits``, none empty."""
     per_split = triton.cdiv(n_tiles, max(1, min(max_splits, n_tiles)))
     return triton.cdiv(n_tiles, per_split), per_split
 
@@ -460,7 +465,7 @@ def sweep(
     n_chunks = triton.cdiv(n_rows, chunk)
     n_tiles = triton.cdiv(vocab, cfg["P"])
     n_m = triton.cdiv(chunk, cfg["BM"])
-    splits, per_split = _splits(n_m, n_tiles, device, cfg["max_splits"])
+    splits, per_split = _splits(n_tiles, _max_splits(device, n_m))
     partials = torch.empty(3, splits, chunk, **f32)
     e_buf = torch.empty(chunk, vocab, dtype=hidden.dtype, device=device) if want_grad else None
     m_buf = torch.empty(chunk, n_tiles, **f32) if want_grad else None

@@ -99,7 +99,7 @@ def accuracy(shape, device, impls) -> dict:
             ("grad_hidden", h.grad, h64.grad, bounds["grad_hidden"] + 2 * BF16_U * h64.grad.abs()),
             ("grad_weight", w.grad, w64.grad, bounds["grad_weight"] + 2 * BF16_U * w64.grad.abs()),
         ):
-            error = (got.detach().double() - want).abs()
+            error = (got.detach().double() - want.detach()).abs()
             relative = torch.where(bound > 0, error / bound.clamp_min(1e-300), 0.0)
             try:
                 assert_within(got, want, bound, f"{impl} {name}")

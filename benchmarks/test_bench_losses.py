@@ -106,7 +106,8 @@ def test_speed_vs_naive(benchmark, op):
 
 @pytest.mark.parametrize("op", ["token_nll", "atwu_head"])
 def test_peer_on_same_inputs(benchmark, op):
-    """The best peer that runs here, on the same inputs, in the same run: its loss must equal ours."""
+    """The best peer that runs here, on the same inputs, in the same run: time (interleaved) and peak
+    memory (fresh processes) side by side; its loss must equal ours, or the comparison is not one."""
     peer = "cce" if ON_CUDA else CPU_PEER
     reason = unavailable_reason(peer, DEVICE)
     if reason is not None:
@@ -117,7 +118,16 @@ def test_peer_on_same_inputs(benchmark, op):
     samples = interleaved_seconds(variants, repeats=3, device=DEVICE)
     ours, theirs = step(op, "fused", problem), step(op, f"peer:{peer}", problem)
     benchmark.pedantic(variants[peer], rounds=1, iterations=1)
+    dtype = str(DTYPE).split(".")[1]
+    memory = {name: fresh_process_peak(op, name if name == "fused" else f"peer:{name}", TIMING_SHAPE, dtype,
+                                       DEVICE.type) for name in ("fused", peer)}  # fmt: skip
     ratio = statistics.median(samples["fused"]) / statistics.median(samples[peer])
-    benchmark.extra_info.update(peer=peer, samples_s=samples, time_ratio_fused_over_peer=ratio)
-    print(f"\n{op}: fused / {peer} time ratio {ratio:.2f}")
-    assert abs(float(ours) - float(theirs)) <= loss_tolerance(op, problem, low_precision_operands=ON_CUDA)
+    memory_ratio = memory["fused"]["peak_bytes"] / memory[peer]["peak_bytes"]
+    benchmark.extra_info.update(
+        peer=peer, samples_s=samples, time_ratio_fused_over_peer=ratio, memory_ratio_fused_over_peer=memory_ratio
+    )
+    print(f"\n{op}: fused / {peer}: time {ratio:.2f}, peak memory {memory_ratio:.3f} "
+          f"({memory['fused']['peak_bytes'] / 2**20:.0f} vs {memory[peer]['peak_bytes'] / 2**20:.0f} MiB)")  # fmt: skip
+    tolerance = loss_tolerance(op, problem, low_precision_operands=ON_CUDA)
+    assert abs(float(ours) - float(theirs)) <= tolerance
+    assert abs(memory["fused"]["loss"] - memory[peer]["loss"]) <= tolerance

@@ -6,27 +6,25 @@ Public API:
 * :func:`weighted_linear_cross_entropy` — cross-entropy with arbitrary per-token weights.
 * :func:`atwu_head` — the fused ATWU head (model loss + NLL + scores + scorer gradient).
 
-Dispatch: Triton row kernels for CUDA tensors, PyTorch elsewhere; ``impl="torch"|"triton"``
-overrides (``"triton"`` on CPU needs ``TRITON_INTERPRET=1`` before import).
+Backends (``impl=``, see :mod:`atwu_kernels.dispatch`): ``"torch"`` (CPU default), ``"triton"``
+(cuBLAS GEMMs + a Triton row kernel; CUDA default), ``"triton_fused"`` (Triton GEMMs with the
+softmax in their epilogue/prologue). The Triton ones run on CPU under ``TRITON_INTERPRET=1``.
 """
 
-from .ops import (
-    DEFAULT_CHUNK_SIZE,
-    AtwuHeadOutput,
-    atwu_head,
-    atwu_token_coefficients,
-    linear_token_nll,
-    scorer_scores,
-    weighted_linear_cross_entropy,
-)
+from .coefficients import atwu_token_coefficients
+from .dispatch import IMPLEMENTATIONS
+from .head import AtwuHeadOutput, atwu_head, scorer_scores
+from .ops import DEFAULT_CHUNK_SIZE, auto_chunk_size, linear_token_nll, weighted_linear_cross_entropy
 from .transform import LogitTransform
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "IMPLEMENTATIONS",
     "AtwuHeadOutput",
     "LogitTransform",
     "atwu_head",
     "atwu_token_coefficients",
+    "auto_chunk_size",
     "linear_token_nll",
     "scorer_scores",
     "weighted_linear_cross_entropy",

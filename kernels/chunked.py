@@ -1,33 +1,44 @@
-"""Token-chunk machinery shared by every op: one ``chunk × V`` logits buffer at a time.
+"""Token-chunk sweep over ``H`` with library GEMMs: one ``chunk × V`` logits buffer at a time.
 
-For a chunk of rows ``H_c`` the raw logits are ``Z_c = H_c Wᵀ (+ b)`` and, for a per-row
-loss ``L = Σ_i c_i ℓ_i`` (the ``c_i`` treated as constants), with ``G_c = ∂L/∂Z_c`` formed in place
-by the row-ops backend (see :mod:`atwu_kernels.torch_impl`)::
+For a chunk of rows ``H_c`` the raw logits are ``Z_c = H_c Wᵀ (+ b)`` (a library GEMM: cuBLAS on
+CUDA, MKL/oneDNN on CPU) and, for a per-row loss ``L = Σ_i c_i ℓ_i`` (the ``c_i`` constants, see
+:mod:`atwu_kernels.coefficients`), the row-ops backend turns ``Z_c`` in place into
+``G_c = ∂L/∂Z_c``; then::
 
     ∂L/∂H_c = G_c W          (rows of this chunk only: written once)
-    ∂L/∂W  += G_cᵀ H_c       (accumulated over chunks in fp32)
+    ∂L/∂W  += G_cᵀ H_c       (fp32 accumulation, see gemm_accumulate)
     ∂L/∂b  += Σ_rows G_c     (fp32)
 
-Two autograd functions use the one :func:`sweep`:
+Cost per sweep, ``N`` rows, ``s`` = bytes per logit (2 for bf16):
+
+* statistics only: ``2·N·D·V`` FLOPs; logits traffic ``2·N·V·s`` (GEMM write, one row read);
+* with gradients: ``6·N·D·V`` FLOPs; logits traffic ``6·N·V·s`` (GEMM write; row kernel reads
+  twice — statistics, then softmax — and writes ``G`` once; the ``dH`` and ``dW`` GEMMs read ``G``).
+  The row work is one Triton kernel per chunk on CUDA (:mod:`atwu_kernels.triton_impl`).
+
+Two autograd functions run this sweep (or the fused-GEMM sweep of
+:mod:`atwu_kernels.triton_fused`, which has the same signature):
 
 * :class:`LinearTokenNLL` — per-token NLL with arbitrary upstream gradient ``g``. Forward keeps
   only ``lse`` (O(N)); backward recomputes each chunk's logits with ``c_i = g_i`` (8·N·D·V FLOPs).
 * :class:`FusedLinearLoss` — a scalar ``L = Σ c_i ℓ_i`` whose ``c_i`` may depend on the detached
-  ``ℓ_i`` (ATWU's ``p^(βg)`` factor). Gradients are formed during forward (6·N·D·V FLOPs) and the
-  backward only multiplies them by the scalar upstream gradient.
+  ``ℓ_i``. Gradients are formed during forward (6·N·D·V FLOPs) in the parameters' dtypes; the
+  backward scales them in place by the scalar upstream gradient and hands them out.
+
+Both cast their inputs to the compute dtype inside (so autocast yields low-precision GEMMs but
+gradients in each input's own dtype) and run with autocast disabled (see :mod:`atwu_kernels.inputs`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 
 import torch
 
+from .gemm_accumulate import WeightGradAccumulator, hidden_grad_into
+from .inputs import no_autocast
 from .transform import LogitTransform
-
-CoefficientFn = Callable[[torch.Tensor, slice], torch.Tensor]
-"""``(nll_chunk fp32, row_slice) -> c_chunk``: per-row loss coefficients of one chunk."""
 
 
 @dataclass
@@ -35,24 +46,29 @@ class SweepResult:
     lse: torch.Tensor | None
     nll: torch.Tensor | None
     coeff: torch.Tensor | None
-    grad_hidden: torch.Tensor | None
-    grad_weight: torch.Tensor | None  # fp32
+    grad_hidden: torch.Tensor | None  # in grad_dtypes[0]
+    grad_weight: torch.Tensor | None  # in grad_dtypes[1]
     grad_bias: torch.Tensor | None  # fp32
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one call runs: the backend's sweep and its fixed settings."""
+
+    backend: object  # has .sweep(hidden, weight, bias, labels, *, plan, ...) -> SweepResult
+    transform: LogitTransform
+    chunk_size: int
+    ignore_index: int
+    compute_dtype: torch.dtype
+
+    def sweep(self, hidden, weight, bias, labels, **kwargs) -> SweepResult:
+        return self.backend.sweep(hidden, weight, bias, labels, plan=self, **kwargs)
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if bias is None:
         return h @ weight.t()
     return torch.addmm(bias, h, weight.t())
-
-
-def _accumulate_grad_weight(acc: torch.Tensor | None, grad_z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``acc += G_cᵀ H_c`` in fp32 (the GEMM itself accumulates in fp32 internally)."""
-    if acc is None:
-        return (grad_z.t() @ h).float()
-    if grad_z.dtype == torch.float32:
-        return acc.addmm_(grad_z.t(), h)
-    return acc.add_(grad_z.t() @ h)
 
 
 def sweep(
@@ -62,25 +78,27 @@ def sweep(
     labels: torch.Tensor,
     *,
     ops,
-    transform: LogitTransform,
-    chunk_size: int,
-    ignore_index: int,
+    plan: Plan,
     lse: torch.Tensor | None = None,
-    coefficients: torch.Tensor | CoefficientFn | None = None,
+    coefficients=None,
     want_grad_hidden: bool = False,
     want_grad_weight: bool = False,
     want_grad_bias: bool = False,
+    grad_dtypes: tuple[torch.dtype, torch.dtype] | None = None,
 ) -> SweepResult:
-    """One pass over ``hidden [N, D]`` in row chunks.
+    """One pass over ``hidden [N, D]`` in row chunks, with row ops ``ops``.
 
     * ``lse is None``: compute ``lse`` and ``nll`` (0 on ignored rows).
-    * ``coefficients`` given (tensor ``[N]`` or :data:`CoefficientFn`): also form the per-row
-      coefficients (forced to 0 on ignored rows) and the requested gradients of ``Σ c_i ℓ_i``.
+    * ``coefficients`` given (tensor ``[N]`` or a rule, :mod:`atwu_kernels.coefficients`): also
+      form the per-row coefficients (0 on ignored rows) and the requested gradients of ``Σ c_i ℓ_i``
+      (``grad_dtypes``: output dtypes of ``dH`` and ``dW``, default the operands' dtype).
     """
     n_rows = hidden.shape[0]
     device = hidden.device
+    chunk_size = plan.chunk_size
     compute_stats = lse is None
     want_any_grad = coefficients is not None and (want_grad_hidden or want_grad_weight or want_grad_bias)
+    hidden_dtype, weight_dtype = grad_dtypes or (hidden.dtype, weight.dtype)
     if compute_stats:
         lse = torch.empty(n_rows, dtype=torch.float32, device=device)
         nll = torch.empty(n_rows, dtype=torch.float32, device=device)
@@ -88,134 +106,134 @@ def sweep(
         nll = None
     coeff_all = torch.empty(n_rows, dtype=torch.float32, device=device) if coefficients is not None else None
     grad_hidden = (
-        torch.empty(hidden.shape, dtype=hidden.dtype, device=device) if want_any_grad and want_grad_hidden else None
+        torch.empty(hidden.shape, dtype=hidden_dtype, device=device) if want_any_grad and want_grad_hidden else None
     )
-    grad_weight = None
+    grad_weight = (
+        WeightGradAccumulator(weight.shape, device, weight_dtype, math.ceil(n_rows / chunk_size))
+        if want_any_grad and want_grad_weight
+        else None
+    )
     grad_bias = (
         torch.zeros(weight.shape[0], dtype=torch.float32, device=device) if want_any_grad and want_grad_bias else None
     )
+    workspace = ops.workspace(min(chunk_size, n_rows), weight.shape[0], device)
 
     for start in range(0, n_rows, chunk_size):
         rows = slice(start, min(start + chunk_size, n_rows))
         h = hidden[rows]
         y = labels[rows]
-        valid = y != ignore_index
+        valid = y != plan.ignore_index
         z = _chunk_logits(h, weight, bias)
-        if compute_stats:
-            lse_c, target_c = ops.lse_and_target(z, y, transform)
-            lse[rows] = lse_c
-            nll[rows] = torch.where(valid, lse_c - target_c, 0.0)
-        else:
-            lse_c = lse[rows]
-        if coefficients is None:
-            continue
-        c = coefficients[rows] if isinstance(coefficients, torch.Tensor) else coefficients(nll[rows], rows)
-        c = torch.where(valid, c.to(torch.float32), 0.0).contiguous()
-        coeff_all[rows] = c
-        if not want_any_grad:
-            continue
-        grad_z = ops.logits_grad_(z, y, lse_c, c, transform)
-        if grad_hidden is not None:
-            torch.mm(grad_z, weight, out=grad_hidden[rows])
-        if want_grad_weight:
-            grad_weight = _accumulate_grad_weight(grad_weight, grad_z, h)
-        if grad_bias is not None:
-            grad_bias.add_(grad_z.sum(dim=0, dtype=torch.float32))
-        del z, grad_z
+        if compute_stats and coefficients is not None:
+            lse[rows], nll[rows], coeff_all[rows] = ops.chunk_stats_coeff_grad_(
+                z, y, valid, plan.transform, plan.ignore_index, coefficients, rows, want_any_grad, workspace
+            )
+        elif compute_stats:
+            lse[rows], nll[rows] = ops.chunk_stats(z, y, valid, plan.transform, plan.ignore_index, workspace)
+        elif coefficients is not None:
+            coeff_all[rows] = ops.chunk_coeff_grad_(
+                z, y, valid, plan.transform, plan.ignore_index, lse[rows], None, coefficients, rows, want_any_grad,
+                workspace,
+            )  # fmt: skip
+        if want_any_grad:  # z now holds G
+            if grad_hidden is not None:
+                hidden_grad_into(grad_hidden[rows], z, weight)
+            if grad_weight is not None:
+                grad_weight.add(z, h)
+            if grad_bias is not None:
+                grad_bias.add_(z.sum(dim=0, dtype=torch.float32))
+        del z  # before the next chunk's buffer is allocated
 
-    if want_any_grad and want_grad_weight and grad_weight is None:  # N == 0
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=device)
-    return SweepResult(lse, nll, coeff_all, grad_hidden, grad_weight, grad_bias)
+    return SweepResult(
+        lse, nll, coeff_all, grad_hidden, None if grad_weight is None else grad_weight.result(), grad_bias
+    )
 
 
-def _cast(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
-    if grad is None or like is None:
-        return None
-    return grad.to(like.dtype)
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _dtype(t: torch.Tensor | None) -> torch.dtype | None:
+    return None if t is None else t.dtype
+
+
+def forward_stats(hidden, weight, bias, labels, plan: Plan, coefficients=None) -> SweepResult:
+    """The sweep without any gradient (grad mode off or nothing requires grad)."""
+    with no_autocast(hidden.device):
+        dtype = plan.compute_dtype
+        return plan.sweep(
+            _cast(hidden, dtype), _cast(weight, dtype), _cast(bias, dtype), labels, coefficients=coefficients
+        )
 
 
 class LinearTokenNLL(torch.autograd.Function):
     """``nll_i = lse(t(H_i Wᵀ + b)) − t(H_i Wᵀ + b)_{y_i}``; stores only ``lse`` for backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, ops, transform, chunk_size, ignore_index):
-        result = sweep(
-            hidden, weight, bias, labels, ops=ops, transform=transform, chunk_size=chunk_size, ignore_index=ignore_index
-        )
+    def forward(ctx, hidden, weight, bias, labels, plan):
+        result = forward_stats(hidden, weight, bias, labels, plan)
         ctx.save_for_backward(hidden, weight, bias, labels, result.lse)
-        ctx.config = (ops, transform, chunk_size, ignore_index)
+        ctx.plan = plan
         return result.nll
 
     @staticmethod
     def backward(ctx, grad_nll):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
-        ops, transform, chunk_size, ignore_index = ctx.config
+        plan: Plan = ctx.plan
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        result = sweep(
-            hidden,
-            weight,
-            bias,
-            labels,
-            ops=ops,
-            transform=transform,
-            chunk_size=chunk_size,
-            ignore_index=ignore_index,
-            lse=lse,
-            coefficients=grad_nll.to(torch.float32),
-            want_grad_hidden=need_h,
-            want_grad_weight=need_w,
-            want_grad_bias=need_b and bias is not None,
-        )
-        return (
-            result.grad_hidden,
-            _cast(result.grad_weight, weight),
-            _cast(result.grad_bias, bias),
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        with no_autocast(hidden.device):
+            dtype = plan.compute_dtype
+            result = plan.sweep(
+                _cast(hidden, dtype),
+                _cast(weight, dtype),
+                _cast(bias, dtype),
+                labels,
+                lse=lse,
+                coefficients=grad_nll.to(torch.float32),
+                want_grad_hidden=need_h,
+                want_grad_weight=need_w,
+                want_grad_bias=need_b and bias is not None,
+                grad_dtypes=(hidden.dtype, weight.dtype),
+            )
+        return result.grad_hidden, result.grad_weight, _cast(result.grad_bias, _dtype(bias)), None, None
 
 
 class FusedLinearLoss(torch.autograd.Function):
     """``L = Σ_i c_i ℓ_i`` with detached coefficients; gradients computed during forward.
 
-    Returns ``(loss, nll, coeff)``; only ``loss`` is differentiable.
+    Returns ``(loss, nll, coeff)``; only ``loss`` is differentiable. The gradients are handed to
+    autograd once (scaled in place), so ``backward(retain_graph=True)`` twice is refused.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, ops, transform, chunk_size, ignore_index, coefficients):
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        result = sweep(
-            hidden,
-            weight,
-            bias,
-            labels,
-            ops=ops,
-            transform=transform,
-            chunk_size=chunk_size,
-            ignore_index=ignore_index,
-            coefficients=coefficients,
-            want_grad_hidden=need_h,
-            want_grad_weight=need_w,
-            want_grad_bias=need_b and bias is not None,
-        )
-        loss = torch.dot(result.coeff, result.nll)
-        ctx.save_for_backward(result.grad_hidden, result.grad_weight, result.grad_bias)
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+    def forward(ctx, hidden, weight, bias, labels, plan, needs, coefficients):
+        need_h, need_w, need_b = needs
+        with no_autocast(hidden.device):
+            dtype = plan.compute_dtype
+            result = plan.sweep(
+                _cast(hidden, dtype),
+                _cast(weight, dtype),
+                _cast(bias, dtype),
+                labels,
+                coefficients=coefficients,
+                want_grad_hidden=need_h,
+                want_grad_weight=need_w,
+                want_grad_bias=need_b and bias is not None,
+                grad_dtypes=(hidden.dtype, weight.dtype),
+            )
+            loss = torch.dot(result.coeff, result.nll)
+        ctx.grads = [result.grad_hidden, result.grad_weight, _cast(result.grad_bias, _dtype(bias))]
         ctx.mark_non_differentiable(result.nll, result.coeff)
         return loss, result.nll, result.coeff
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll, _grad_coeff):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        weight_dtype, bias_dtype = ctx.dtypes
+        if ctx.grads is None:
+            raise RuntimeError(
+                "atwu_kernels: this loss formed its gradients in forward and handed them out in the first "
+                "backward; compute the loss again instead of calling backward twice (retain_graph=True)"
+            )
+        grads, ctx.grads = ctx.grads, None
         scale = grad_loss.to(torch.float32)
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden * scale.to(grad_hidden.dtype)
-        if grad_weight is not None:
-            grad_weight = (grad_weight * scale).to(weight_dtype)
-        if grad_bias is not None:
-            grad_bias = (grad_bias * scale).to(bias_dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+        grads = [None if g is None else g.mul_(scale) for g in grads]
+        return (*grads, None, None, None, None)

@@ -1,32 +1,70 @@
-"""Choose the row-ops backend: Triton for CUDA tensors, PyTorch elsewhere, overridable."""
+"""Choose the backend: how the logits and their gradients are computed.
+
+* ``"torch"`` — library GEMMs + PyTorch row ops (:mod:`.chunked`, :mod:`.torch_impl`); the CPU
+  default and the test oracle.
+* ``"triton"`` — library GEMMs (cuBLAS) + one Triton row kernel per chunk (:mod:`.triton_impl`);
+  the CUDA default: its speed rests on cuBLAS, the part least in doubt.
+* ``"triton_fused"`` — Triton GEMMs with the softmax statistics in the logits GEMM's epilogue and
+  the softmax gradient formed as the ``dH``/``dW`` GEMMs load their operand, so ``G`` is never
+  written (:mod:`.triton_fused`); an option until a GPU measurement says it should be the default.
+
+``impl=None`` picks ``"triton"`` for CUDA tensors and ``"torch"`` elsewhere. The Triton backends run
+on CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1`` before import).
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from . import chunked, scorer
 from .torch_impl import TorchRowOps
 
-IMPLEMENTATIONS = ("torch", "triton")
+IMPLEMENTATIONS = ("torch", "triton", "triton_fused")
 
 
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def row_ops_for(device: torch.device, impl: str | None):
-    """Backend object for ``impl`` (``None`` = Triton on CUDA, torch otherwise)."""
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    sweep: Callable  # (hidden, weight, bias, labels, *, plan, ...) -> chunked.SweepResult
+    scorer_scores: Callable  # (score_hidden2d, w, b) -> g [N] fp32
+    scorer_row_sum: Callable  # (per_row [N], score_hidden2d) -> Σ r_i h_i [D] fp32
+
+
+TORCH = Backend("torch", functools.partial(chunked.sweep, ops=TorchRowOps), scorer.scorer_scores, scorer.scorer_row_sum)
+
+
+@functools.cache
+def _triton_backend(name: str) -> Backend:
+    from . import triton_scorer  # lazy: keeps the torch path free of Triton import costs
+
+    if name == "triton":
+        from .triton_impl import TritonRowOps
+
+        sweep = functools.partial(chunked.sweep, ops=TritonRowOps)
+    else:
+        from .triton_fused import sweep
+    return Backend(name, sweep, triton_scorer.scorer_scores, triton_scorer.scorer_row_sum)
+
+
+def backend_for(device: torch.device, impl: str | None):
+    """Backend object for ``impl`` (``None`` = ``"triton"`` on CUDA, ``"torch"`` otherwise)."""
     if impl is None:
         impl = "triton" if device.type == "cuda" else "torch"
     if impl == "torch":
-        return TorchRowOps
-    if impl == "triton":
+        return TORCH
+    if impl in IMPLEMENTATIONS:
         if device.type != "cuda" and not triton_interpreting():
             raise ValueError(
-                "impl='triton' on a non-CUDA tensor needs TRITON_INTERPRET=1 set before atwu_kernels is imported"
+                f"impl={impl!r} on a non-CUDA tensor needs TRITON_INTERPRET=1 set before atwu_kernels is imported"
             )
-        from .triton_impl import TritonRowOps  # lazy: keeps the torch path free of Triton import costs
-
-        return TritonRowOps
+        return _triton_backend(impl)
     raise ValueError(f"impl must be one of {IMPLEMENTATIONS} or None, got {impl!r}")

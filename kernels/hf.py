@@ -10,6 +10,11 @@ Requires ``transformers`` (imported here only; the rest of ``atwu_kernels`` does
 ``labels``; the usual one-position shift is applied here). The loss is the weighted token mean
 ``Σ w·ℓ / Σ_valid w`` computed by :func:`atwu_kernels.weighted_linear_cross_entropy`, so no
 ``[batch, seq, vocab]`` logits tensor is ever built.
+
+Mixed precision: ``TrainingArguments(bf16=True)`` with fp32 weights makes Accelerate wrap
+``model.forward`` in autocast; this loss calls the base model and the head itself, so
+:meth:`WeightedLossTrainer.compute_loss` enters the same autocast (``accelerator.autocast()``).
+The head then runs its GEMMs in bf16 and returns fp32 gradients for the fp32 weights.
 """
 
 from __future__ import annotations
@@ -54,11 +59,12 @@ class WeightedLossTrainer(transformers.Trainer):
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = compute_weighted_causal_lm_loss(
-            model,
-            inputs["input_ids"],
-            inputs["labels"],
-            inputs.get("token_weights"),
-            attention_mask=inputs.get("attention_mask"),
-        )
+        with self.accelerator.autocast():  # what Accelerate applies to model.forward under bf16/fp16
+            loss = compute_weighted_causal_lm_loss(
+                model,
+                inputs["input_ids"],
+                inputs["labels"],
+                inputs.get("token_weights"),
+                attention_mask=inputs.get("attention_mask"),
+            )
         return (loss, None) if return_outputs else loss

@@ -38,6 +38,10 @@ class LogitTransform:
         )
 
     @property
+    def is_identity(self) -> bool:
+        return self.scale is None and self.softcap is None
+
+    @property
     def scale_or_one(self) -> float:
         return 1.0 if self.scale is None else self.scale
 
@@ -47,7 +51,11 @@ class LogitTransform:
 
     def apply(self, raw: torch.Tensor) -> torch.Tensor:
         """Fresh fp32 tensor ``t(raw)``; never writes into ``raw``."""
-        t = raw.to(torch.float32, copy=True)
+        return self.apply_into(raw, torch.empty(raw.shape, dtype=torch.float32, device=raw.device))
+
+    def apply_into(self, raw: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``t ← t(raw)`` in the fp32 buffer ``t`` (same shape); returns ``t``."""
+        t.copy_(raw)
         if self.scale is not None:
             t.mul_(self.scale)
         if self.softcap is not None:

@@ -44,11 +44,11 @@ activations (saved for backward; measured against torch's saved-tensor hooks in 
     layer at a time in backward, so ``A_ckpt = L·b·nD + A_layer``. Both variants are reported.
     Plus the final norm as above and the answer rows gathered for the head (``b·N·D``).
 loss head (this engine's chunked fused head, :mod:`atwu_kernels`, never ``N × V`` logits)
-    One ``C × V`` logits chunk in dtype ``b`` (+ ``C × 8192`` fp32 temporaries on the PyTorch path);
+    One ``C × V`` logits chunk in dtype ``b`` (+ one 16 MiB fp32 scratch on the PyTorch path);
     the head's input gradient ``b·N·D``. When the LM head is trained (full fine-tuning), its weight
-    gradient is accumulated in fp32 across chunks (``4·V·D``, alive from the head's forward to its
-    backward), each chunk's ``Gᵀ·H`` product is ``b·V·D`` when b < 4, and the backward scales the
-    fp32 accumulator (another ``4·V·D``) before casting it to the weight's dtype.
+    gradient leaves the forward in the weight's dtype (``b·V·D``, alive until the backward scales it
+    in place). With b < 4 it is summed in an fp32 accumulator (``4·V·D``) when there are several
+    chunks (on CUDA inside the GEMM) or off CUDA, where each chunk's ``b·V·D`` product is added to it.
 scorer (ATWU variants)
     ``w, b`` in fp32 with gradient and SGD momentum: ``3·4·(D+1)``, plus its detached input rows
     ``b·N·D`` (the hidden states at the scored positions).
@@ -66,8 +66,8 @@ Peak
 Memory is highest at one of three moments (persistent = weights + reference + optimizer state
 (after the first step) + scorer):
 
-* head backward: persistent + activations + loss head (the LM head's fp32 dW, its scaled copy and
-  its gradient coexist with every saved activation);
+* head backward: persistent + activations + loss head (the LM head's dW and its accumulator
+  coexist with every saved activation);
 * end of backward: persistent + gradients + one recomputed layer (checkpointing) + with tied
   embeddings the embedding's dense ``b·V·D`` gradient before it is added to the head's;
 * optimizer step: persistent + gradients + step temporaries.
@@ -93,7 +93,7 @@ from ..train.optim import OPTIMIZERS, state_bytes_per_param
 GIB = 1024 ** 3
 FRAGMENTATION = 1.05
 CUDA_OVERHEAD_GIB = 0.75
-TORCH_COLUMN_SLICE = 8192  # atwu_kernels.torch_impl.COLUMN_SLICE
+TORCH_SCRATCH_BYTES = 16 << 20  # atwu_kernels.torch_impl.SCRATCH_BYTES: the PyTorch path's one fp32 temporary
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -280,11 +280,17 @@ def plan(inp: PlanInput, config=None) -> Plan:
     c["activations_checkpointing"] = L * b * n * D + layer + final_norm + gathered
     c["activations"] = c["activations_checkpointing" if inp.gradient_checkpointing else "activations_no_checkpointing"]
 
-    chunk = C * V * b + (C * TORCH_COLUMN_SLICE * 4 * 2 if inp.device != "cuda" else 0)
+    chunk = C * V * b + (TORCH_SCRATCH_BYTES if inp.device != "cuda" else 0)
     head_grad_h = b * N * D
-    head_dw = (4 * V * D + 4 * V * D) if head_trained else 0  # fp32 accumulator + its scaled copy in backward
-    head_product = b * V * D if (head_trained and b < 4) else 0  # a chunk's Gᵀ·H before the fp32 add
-    c["loss_head"] = chunk + head_grad_h + head_dw + head_product
+    head_dw = 0
+    if head_trained:  # dW leaves the forward in the parameter dtype; the backward scales it in place
+        several = math.ceil(N / C) > 1
+        head_dw = b * V * D
+        if b < 4 and (several or inp.device != "cuda"):
+            # an fp32 accumulator across chunks (inside the GEMM on CUDA); off CUDA each chunk's
+            # low-precision product is added into it
+            head_dw += 4 * V * D + (b * V * D if inp.device != "cuda" else 0)
+    c["loss_head"] = chunk + head_grad_h + head_dw
     c["scorer"] = (3 * 4 * (D + 1) + b * N * D) if method.learns_weights else 0
 
     persistent = c["weights"] + c["reference_weights"] + c["optimizer_state"] + c["scorer"] + c["ddp_buckets"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from atwu_kernels import atwu_head, linear_token_nll
-from kernels_helpers import IGNORE, IMPLS, as64, assert_close, make_problem, reference_atwu
+from helpers import IGNORE, IMPLS, as64, assert_close, make_problem, reference_atwu
 
 
 def _scorer(d, seed, dev, scale=0.5):

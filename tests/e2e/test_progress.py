@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from atwu_fast import progress
 from atwu_fast.config.args import parse_config
+from atwu_fast.report import progress
 from atwu_fast.unlearn.experiment import ExperimentConfig
 
 pytestmark = pytest.mark.slow

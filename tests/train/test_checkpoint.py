@@ -4,9 +4,9 @@ import pytest
 import torch
 from tiny_unlearning import tiny_data, tiny_model
 
-from atwu_fast import checkpoint as ckpt
 from atwu_fast.methods import get_method
 from atwu_fast.methods.atwu.params import ATWUParams
+from atwu_fast.train import checkpoint as ckpt
 from atwu_fast.train.config import TrainConfig
 from atwu_fast.train.trainer import DivergenceError, Unlearner
 from atwu_fast.unlearn.experiment import ExperimentConfig

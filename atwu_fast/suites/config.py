@@ -15,8 +15,10 @@ class BenchmarkConfig:
 
     name: Literal["synthetic", "tofu", "rwku", "jsonl"] = option("benchmark: synthetic (embedded), tofu, rwku or jsonl",
                                                              "synthetic")
-    split: str = option("TOFU forget split (forget01, forget05, forget10)", "forget10")
-    model: str = option("model directory or hub id (real benchmarks)", "")
+    split: str = option("TOFU split: the forget split to unlearn (forget01, forget05, forget10); python -m "
+                        "atwu_fast.finetune: the config to fine-tune on (full, retain90, ...)", "forget10")
+    model: str = option("model directory or hub id (real benchmarks); tiny: TOFU's whole protocol with tiny models "
+                        "fine-tuned here (section tiny)", "")
     tokenizer: str = option("tokenizer directory or hub id (default: the model's)", "")
     data_dir: str = option("local directory with the benchmark's files (default: the hub dataset)", "")
     targets: int = option("RWKU: unlearn the first K targets jointly (batch setting)", 1)

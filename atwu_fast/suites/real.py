@@ -89,8 +89,12 @@ class RealSuite(Suite):
         self.data = self.read()
         self.data.eval_sets = limit_rows(self.data.eval_sets, self.bcfg.ds_size)
         self.retain_logs = load_retain_reference(self.bcfg.retain_logs)
-        self.tokenizer = load_tokenizer(self.bcfg.tokenizer or self.bcfg.model, self.bcfg.trust_remote_code)
+        self.tokenizer = self.load_tokenizer()
         self.fmt = Formatter(self.tokenizer, self.bcfg.chat_template, self.bcfg.system_prompt, self.bcfg.max_length)
+
+    def load_tokenizer(self):
+        """The model's tokenizer (or ``--benchmark.tokenizer``)."""
+        return load_tokenizer(self.bcfg.tokenizer or self.bcfg.model, self.bcfg.trust_remote_code)
 
     def load_target(self):
         model, _ = load_pretrained(self.bcfg.model, self.bcfg.tokenizer, self.bcfg.dtype, self.bcfg.device,

@@ -60,6 +60,7 @@ class RealSuite(Suite):
 
     log_name = ""
     default_new_tokens = 200
+    default_eval_batch_size = 32
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -119,7 +120,7 @@ class RealSuite(Suite):
 
     @property
     def eval_batch_size(self) -> int:
-        return self.bcfg.eval_batch_size
+        return self.bcfg.eval_batch_size or self.default_eval_batch_size
 
     @property
     def max_new_tokens(self) -> int:

@@ -92,4 +92,4 @@ class TofuSuite(RealSuite):
 
     def evaluate_logs(self, model, retain) -> dict:
         return evaluate_tofu(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
-                             self.max_new_tokens, retain_ref=retain)
+                             self.max_new_tokens, retain_ref=retain, generate_text=self.bcfg.generate)

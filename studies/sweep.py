@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,10 @@ from atwu_fast.unlearn.experiment import ExperimentConfig
 QUICK = {"eval.generate": False}  # forget/retain accuracy and ROUGE need generation; FQ and MU do not
 
 
+SYNTHETIC_SEEDS = ("data.seed", "model.seed", "train.seed")  # a fresh data set, model pair and batch order
+FRONTIER_LEVELS = (-12.0, -10.0, -8.0, -6.0, -4.0, -3.0, -2.0)  # log10 forget quality
+
+
 @dataclass
 class Grid:
     methods: list[tuple[str, str, dict]]  # (label, method, dotted overrides)
@@ -47,6 +51,13 @@ class Grid:
     base: dict = field(default_factory=lambda: dict(QUICK))
     doc: str = ""
     baseline: str | None = None  # a method label: add per-seed paired differences against it
+    more_baselines: tuple[str, ...] = ()  # further labels to pair against (one set of tables each)
+    seed_keys: tuple[str, ...] = SYNTHETIC_SEEDS  # the options a seed sets
+    levels: tuple[float, ...] = FRONTIER_LEVELS  # log10 FQ levels of the equal-forget-quality tables
+
+    @property
+    def baselines(self) -> list[str]:
+        return [b for b in (self.baseline, *self.more_baselines) if b]
 
 
 CONTROLS = [
@@ -123,6 +134,19 @@ LOGFIT_ABLATIONS = [
     ("logfit, pretrain 50, frozen", "atwu", {**LOGFIT, "atwu.schedule": "frozen"}),
 ]
 
+# TOFU's whole protocol at laptop scale (--model tiny, docs/tofu_study.md): the real TOFU data, a fresh tiny
+# target/retain pair per seed (tiny.model.seed), no generation (model utility from the 6 probability and
+# truth-ratio values), every method, the ATWU variants, the frozen control and the target-word hard mask.
+TOFU_TINY = {"benchmark.name": "tofu", "benchmark.data_dir": "data/tofu", "benchmark.model": "tiny",  # see --tofu-dir
+             "benchmark.generate": False}
+TOFU_METHODS = [
+    ("atwu_faithful", "atwu_faithful", {}), ("atwu_nll", "atwu_nll", {}), ("atwu_logfit", "atwu_logfit", {}),
+    ("atwu_frozen (g=0.5)", "atwu_frozen", {}), ("atwu_oracle (target words)", "atwu_oracle", {}),
+    ("wga", "wga", {}), ("satimp", "satimp", {}),
+    ("grad_ascent", "grad_ascent", {}), ("grad_diff", "grad_diff", {}), ("npo", "npo", {}), ("simnpo", "simnpo", {}),
+]
+TOFU_LEVELS = (-20.0, -15.0, -12.0, -10.0, -8.0, -6.0, -4.0, -3.0, -2.0)
+
 GRIDS: dict[str, Grid] = {
     "headline": Grid(MAIN + [c for c in CONTROLS if c[1] != "wga"], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2],
                      doc="faithful vs improved ATWU vs controls, 3 model/data seeds, 3 learning rates"),
@@ -161,6 +185,12 @@ GRIDS: dict[str, Grid] = {
                    doc="atwu_logfit, the frozen control and two hard-mask oracles vs faithful ATWU, paired per "
                        "seed: 8 model/data seeds (0-7) at five learning rates, the test of 'unlearns at least as "
                        "well'"),
+    "tofu": Grid(TOFU_METHODS, lrs=[3e-4, 1e-3, 3e-3], seeds=[0, 1, 2], base=TOFU_TINY,
+                 seed_keys=("tiny.model.seed", "train.seed"), baseline="grad_diff", more_baselines=("npo", "simnpo"),
+                 levels=TOFU_LEVELS,
+                 doc="laptop-scale TOFU (real data, forget10, tiny models fine-tuned per seed): every method, the "
+                     "ATWU variants, the frozen control and the target-word hard mask, paired against the "
+                     "sample-level methods"),
     "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
                   lrs=[1e-3], seeds=[0], base={**QUICK, "train.steps": 3},
                   doc="a seconds-long check of the machinery"),
@@ -181,8 +211,8 @@ def run_key(variant: str, seed: int, lr: float, label: str) -> str:
     return f"{variant}|{seed}|{lr:g}|{label}"
 
 
-def seed_overrides(seed: int) -> dict:
-    return {"data.seed": seed, "model.seed": seed, "train.seed": seed}
+def seed_overrides(seed: int, keys: tuple[str, ...] = SYNTHETIC_SEEDS) -> dict:
+    return {key: seed for key in keys}
 
 
 def load_runs(path: Path) -> dict[str, dict]:
@@ -224,7 +254,7 @@ def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int,
             ref_key = run_key(variant, seed, 0.0, "__reference__")
             if not todo and ref_key in runs:
                 continue
-            base = {**grid.base, **variant_over, **seed_overrides(seed), "cache_dir": cache_dir}
+            base = {**grid.base, **variant_over, **seed_overrides(seed, grid.seed_keys), "cache_dir": cache_dir}
             cfg = merge(ExperimentConfig(), dotted_to_nested(base), where=f"grid {name}")
             suite = make_suite(cfg)
             prepare(suite, SINGLE, lambda m: log(f"  {m}"))
@@ -360,12 +390,14 @@ def delta_cell(d, digits: int = 3) -> list[str]:
 PAIRED_COLUMNS = METRIC_COLUMNS[:2]  # log10 FQ and MU: the unlearning outcome
 
 
-def paired_tables(grid: Grid, runs: dict[str, dict]) -> str:
-    """Per learning rate, each method minus ``grid.baseline`` on the same seed (same data, models and
-    batch order): mean ± std, the 95 % confidence interval of the mean, and the seeds with Δ ≥ 0."""
-    if grid.baseline is None:
+def paired_tables(grid: Grid, runs: dict[str, dict], baseline: str | None = None) -> str:
+    """Per learning rate, each method minus ``baseline`` (default ``grid.baseline``) on the same seed
+    (same data, models and batch order): mean ± std, the 95 % confidence interval of the mean, and the
+    seeds with Δ ≥ 0."""
+    baseline = baseline or grid.baseline
+    if baseline is None:
         return ""
-    lines = [f"## Paired differences vs `{grid.baseline}` (same seed; higher is better)", "",
+    lines = [f"## Paired differences vs `{baseline}` (same seed; higher is better)", "",
              "Δ = method − baseline per seed; CI = mean ± t(0.975, n−1)·std/√n; '≥ 0' counts the seeds where "
              "the method is at least as good.", ""]
     for variant in grid.variants:
@@ -373,9 +405,9 @@ def paired_tables(grid: Grid, runs: dict[str, dict]) -> str:
                   " | ".join(f"Δ {c} | CI {c} | ≥ 0" for c, _ in PAIRED_COLUMNS) + " |",
                   "|---|---|---|" + "---|---|---|" * len(PAIRED_COLUMNS)]
         for lr in grid.lrs:
-            base_rows = [runs.get(run_key(variant, s, lr, grid.baseline)) for s in grid.seeds]
+            base_rows = [runs.get(run_key(variant, s, lr, baseline)) for s in grid.seeds]
             for label, _, _ in grid.methods:
-                if label == grid.baseline:
+                if label == baseline:
                     continue
                 rows = [runs.get(run_key(variant, s, lr, label)) for s in grid.seeds]
                 pairs = [(b["metrics"], r["metrics"]) for b, r in zip(base_rows, rows) if b and r]
@@ -386,9 +418,6 @@ def paired_tables(grid: Grid, runs: dict[str, dict]) -> str:
                 lines.append(f"| {lr:g} | {label} | {len(pairs)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-FRONTIER_LEVELS = (-12.0, -10.0, -8.0, -6.0, -4.0, -3.0, -2.0)  # log10 forget quality
 
 
 def frontier_mu(points: list[tuple[float, float]], level: float) -> float | None:
@@ -412,33 +441,35 @@ def frontier_mu(points: list[tuple[float, float]], level: float) -> float | None
     return best
 
 
-def frontier_tables(grid: Grid, runs: dict[str, dict]) -> str:
+def frontier_tables(grid: Grid, runs: dict[str, dict], baseline: str | None = None) -> str:
     """Model utility at equal forget quality: per seed, each method's best MU at log10 FQ ≥ level
-    (:func:`frontier_mu` over its learning rates), paired against ``grid.baseline`` on that seed.
-    This compares the forget-quality/utility trade-off itself, not runs at one lr."""
-    if grid.baseline is None or len(grid.lrs) < 2:
+    (:func:`frontier_mu` over its learning rates), paired against ``baseline`` (default
+    ``grid.baseline``) on that seed. This compares the forget-quality/utility trade-off itself, not runs
+    at one lr."""
+    baseline = baseline or grid.baseline
+    if baseline is None or len(grid.lrs) < 2:
         return ""
-    lines = [f"## Utility at equal forget quality vs `{grid.baseline}` (paired per seed)", "",
+    lines = [f"## Utility at equal forget quality vs `{baseline}` (paired per seed)", "",
              "Per seed and method: the best MU over runs with log10 FQ ≥ level, consecutive learning rates "
              "joined linearly; Δ = method − baseline on the same seed, only where both reach the level. A cell "
              "is the mean Δ, its 95 % interval, the seeds with Δ ≥ 0 over the paired seeds, and how many seeds "
              "each reaches the level (baseline, method). Levels beyond the grid's lowest or highest lr only see "
              "its end runs.", ""]
-    levels = " | ".join(f"{lv:g}" for lv in FRONTIER_LEVELS)
+    levels = " | ".join(f"{lv:g}" for lv in grid.levels)
     for variant in grid.variants:
         lines += [f"### Variant `{variant}`", "", f"| method \\ log10 FQ ≥ | {levels} |",
-                  "|---|" + "---|" * len(FRONTIER_LEVELS)]
+                  "|---|" + "---|" * len(grid.levels)]
         curves = {(label, seed): frontier_points(runs, variant, seed, grid.lrs, label)
                   for label, _, _ in grid.methods for seed in grid.seeds}
         for label, _, _ in grid.methods:
-            if label == grid.baseline:
+            if label == baseline:
                 continue
             cells = []
-            for level in FRONTIER_LEVELS:
+            for level in grid.levels:
                 reach_b = reach_o = 0
                 base, other = [], []
                 for seed in grid.seeds:
-                    b, o = curves[(grid.baseline, seed)], curves[(label, seed)]
+                    b, o = curves[(baseline, seed)], curves[(label, seed)]
                     b = frontier_mu(b, level) if b else None
                     o = frontier_mu(o, level) if o else None
                     reach_b += b is not None
@@ -481,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="run only every N-th (variant, seed) pair from the K-th (start N processes "
                              "K = 0..N-1 on one output dir; then rebuild the tables with --tables-only)")
+    parser.add_argument("--tofu-dir", default="data/tofu",
+                        help="the TOFU configs as JSON Lines (the grids on real TOFU read them from here)")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args(argv)
     if args.list or not args.grids:
@@ -503,10 +536,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         out = Path(args.output_dir) / name
         grid = GRIDS[name]
+        if "benchmark.data_dir" in grid.base:
+            grid = replace(grid, base={**grid.base, "benchmark.data_dir": args.tofu_dir})
         if not args.tables_only:
             run_grid(name, grid, out, args.cache_dir, args.threads, lambda m: print(m, flush=True), (k, n))
         runs = load_runs(out / "runs.jsonl")  # every shard's rows
-        text = "\n".join([tables(name, grid, runs), paired_tables(grid, runs), frontier_tables(grid, runs)])
+        text = "\n".join([tables(name, grid, runs), *(paired_tables(grid, runs, b) + "\n" + frontier_tables(grid, runs, b)
+                                                     for b in grid.baselines)])
         atomic_write_text(out / f"{name}.md", text + "\n")
         print(f"tables written to {out / (name + '.md')}")
     return 0

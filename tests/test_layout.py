@@ -76,14 +76,15 @@ def test_nothing_imports_the_command_layer():
     g = graph()
     commands = {m for m in g if m.endswith(".__main__")}
     assert {"atwu_fast.unlearn.__main__", "atwu_fast.eval.__main__", "atwu_fast.report.__main__",
-            "atwu_fast.plan.__main__"} <= commands
+            "atwu_fast.plan.__main__", "atwu_fast.finetune.__main__"} <= commands
     upward = sorted((m, c) for m, deps in g.items() for c in deps & commands)
     assert not upward, upward
 
 
-def test_top_level_holds_at_most_ten_entries():
+def test_top_level_holds_at_most_eleven_entries():
+    """Ten, plus ``finetune/``: ``python -m atwu_fast.finetune`` needs a top-level name (docs/architecture.md)."""
     entries = [p.name for p in PACKAGE.iterdir() if p.name not in ("__init__.py", "__pycache__")]
-    assert len(entries) <= 10, sorted(entries)
+    assert len(entries) <= 11, sorted(entries)
 
 
 def test_no_pointer_to_documents_outside_the_project():

@@ -4,7 +4,7 @@
 import functools
 
 from atwu_fast.data.formatting import encode_qa
-from atwu_fast.model.tiny import ModelConfig, build_tiny_llama, train_tokenizer
+from atwu_fast.finetune.tiny import ModelConfig, build_tiny_llama, train_tokenizer
 from atwu_fast.suites.synthetic.world import SyntheticConfig, generate, tokenizer_corpus
 
 TINY_MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)

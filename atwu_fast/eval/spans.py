@@ -1,6 +1,6 @@
 """Which tokens a method weighs: the per-token view of the forget answers (NLL, ground-truth span
 kind, the method's weight) and its alignment with the ground truth (AUROC / average precision of the
-weights against the forget-specific tokens)."""
+method's token scores against the forget-specific tokens)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,18 @@ def span_alignment(weights: torch.Tensor, span_kind: torch.Tensor) -> dict:
         "span_auroc_all": metrics.span_auroc(w, any_fact),
         "span_ap_all": metrics.span_average_precision(w, any_fact),
     }
+
+
+def method_alignment(view: ForgetTokenView, base: ForgetTokenView) -> dict:
+    """Span alignment of a method at one checkpoint. ``span_auroc`` / ``span_ap`` (and ``_all``) rank
+    the tokens by the method's token score, the one ``token_scores.json`` and the report show: the
+    weights it computes (ATWU's learned scores, WGA/SatImp weights), else the NLL increase over
+    ``base``, the model before unlearning — for the methods that weigh every token of a row alike
+    (gradient ascent/difference, NPO, SimNPO) and for the hard-mask controls, whose weights are the
+    ground truth itself. ``span_auroc_delta`` / ``span_ap_delta`` rank them by the NLL increase for
+    every method: where the forgetting landed."""
+    delta = view.nll - base.nll
+    scores = view.weights if view.weights is not None else delta
+    moved = span_alignment(delta, view.span_kind)
+    return {**span_alignment(scores, view.span_kind), "span_auroc_delta": moved["span_auroc"],
+            "span_ap_delta": moved["span_ap"]}

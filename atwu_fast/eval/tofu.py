@@ -8,7 +8,8 @@ Sets: ``forget`` (forgetNN_perturbed), ``retain`` (retain_perturbed), ``real_aut
 * ``forget_truth_ratio`` (closer_to_1_better), ``retain_/ra_/wf_Truth_Ratio`` (true_better).
 * ``*_Q_A_ROUGE``: ROUGE-L recall of greedy generations.
 * ``forget_quality`` (KS p-value against the retain model's forget truth ratios, from
-  ``--retain-logs``), ``model_utility`` (harmonic mean of 9), ``extraction_strength``,
+  ``--retain-logs``), ``model_utility`` (harmonic mean of 9; of the 6 without ROUGE when
+  ``generate_text`` is false, its ``components`` say which), ``extraction_strength``,
   ``exact_memorization``, ``mia_loss/zlib/min_k/min_k_plus_plus`` (forget vs holdout AUC) and
   ``privleak`` (from mia_min_k and the retain logs' AUC, 0.5 without).
 
@@ -179,7 +180,9 @@ def evaluate_tofu(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]],
             gens, inputs = s.generations(rows)
             vals = rouge_entries(gens, [r["answer"] for r in rows], inputs)
             logs[f"{prefix}_Q_A_ROUGE"] = entry(np.mean([v["rougeL_recall"] for v in vals]), by_index(vals))
-        logs["model_utility"] = entry(metrics.model_utility([logs[k]["agg_value"] for k in UTILITY_KEYS]))
+    # without generations (a fast sweep) model utility is the harmonic mean of the 6 other values
+    used = [k for k in UTILITY_KEYS if k in logs]
+    logs["model_utility"] = entry(metrics.model_utility([logs[k]["agg_value"] for k in used]), components=used)
 
     if any("target_words" in r for r in forget):
         enc = [fmt.qa(r["question"], r["answer"], r.get("target_words") or []) for r in forget]

@@ -1,5 +1,6 @@
 """The benchmarks one driver runs, by name: the embedded ``synthetic`` one, ``tofu``, ``rwku`` and
-``jsonl`` (see :class:`~atwu_fast.suites.base.Suite` for what a benchmark provides)."""
+``jsonl`` (see :class:`~atwu_fast.suites.base.Suite` for what a benchmark provides); ``tofu`` with
+``--model tiny`` is TOFU's whole protocol at laptop scale (:mod:`.tofu_tiny`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from .jsonl import JsonlSuite
 from .rwku import RwkuSuite
 from .synthetic import SyntheticSuite
 from .tofu import TofuSuite
+from .tofu_tiny import TINY, TinyTofuSuite
 
 SUITES: dict[str, type[Suite]] = {s.name: s for s in (SyntheticSuite, TofuSuite, RwkuSuite, JsonlSuite)}
 
 
 def make_suite(cfg) -> Suite:
     """The suite ``cfg.benchmark.name`` names, over the whole experiment config ``cfg``."""
+    if cfg.benchmark.name == TofuSuite.name and cfg.benchmark.model == TINY:
+        return TinyTofuSuite(cfg)
     return SUITES[cfg.benchmark.name](cfg)
 
 

@@ -15,8 +15,10 @@ class BenchmarkConfig:
 
     name: Literal["synthetic", "tofu", "rwku", "jsonl"] = option("benchmark: synthetic (embedded), tofu, rwku or jsonl",
                                                              "synthetic")
-    split: str = option("TOFU forget split (forget01, forget05, forget10)", "forget10")
-    model: str = option("model directory or hub id (real benchmarks)", "")
+    split: str = option("TOFU split: the forget split to unlearn (forget01, forget05, forget10); python -m "
+                        "atwu_fast.finetune: the config to fine-tune on (full, retain90, ...)", "forget10")
+    model: str = option("model directory or hub id (real benchmarks); tiny: TOFU's whole protocol with tiny models "
+                        "fine-tuned here (section tiny)", "")
     tokenizer: str = option("tokenizer directory or hub id (default: the model's)", "")
     data_dir: str = option("local directory with the benchmark's files (default: the hub dataset)", "")
     targets: int = option("RWKU: unlearn the first K targets jointly (batch setting)", 1)
@@ -30,7 +32,10 @@ class BenchmarkConfig:
     system_prompt: str = option("system prompt of the chat template ('' for none)", "You are a helpful assistant.")
     max_length: int = option("maximum tokens per encoded row", 512)
     max_new_tokens: int = option("greedy generation length (TOFU 200, RWKU 30)", 0)
-    eval_batch_size: int = option("rows per evaluation forward / generation batch", 32)
+    eval_batch_size: int = option("rows per evaluation forward / generation batch (0: the suite's default, 32; "
+                                  "tiny TOFU 64)", 0)
+    generate: bool = option("TOFU: greedy generations for ROUGE-L (false: a faster evaluation whose model utility "
+                            "is the harmonic mean of the 6 probability and truth-ratio values)", True)
     retain_logs: str = option(
         "retain model's logs: open-unlearning's TOFU_EVAL.json (or its folder) or the original TOFU release's "
         "eval_log_aggregated.json / eval_log_forget.json (or their folder): forget quality (and privleak from "
@@ -54,6 +59,6 @@ class BenchmarkConfig:
     def validate(self) -> None:
         check(self.targets >= 1, "benchmark.targets must be >= 1")
         check(self.max_length >= 8, "benchmark.max_length must be >= 8")
-        check(self.max_new_tokens >= 0 and self.eval_batch_size >= 1, "benchmark eval sizes must be >= 0 / >= 1")
+        check(self.max_new_tokens >= 0 and self.eval_batch_size >= 0, "benchmark eval sizes must be >= 0")
         check(self.epochs >= 0, "benchmark.epochs must be >= 0")
         check(self.ds_size >= 0, "benchmark.ds_size must be >= 0")

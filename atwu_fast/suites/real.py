@@ -60,6 +60,7 @@ class RealSuite(Suite):
 
     log_name = ""
     default_new_tokens = 200
+    default_eval_batch_size = 32
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -89,8 +90,12 @@ class RealSuite(Suite):
         self.data = self.read()
         self.data.eval_sets = limit_rows(self.data.eval_sets, self.bcfg.ds_size)
         self.retain_logs = load_retain_reference(self.bcfg.retain_logs)
-        self.tokenizer = load_tokenizer(self.bcfg.tokenizer or self.bcfg.model, self.bcfg.trust_remote_code)
+        self.tokenizer = self.load_tokenizer()
         self.fmt = Formatter(self.tokenizer, self.bcfg.chat_template, self.bcfg.system_prompt, self.bcfg.max_length)
+
+    def load_tokenizer(self):
+        """The model's tokenizer (or ``--benchmark.tokenizer``)."""
+        return load_tokenizer(self.bcfg.tokenizer or self.bcfg.model, self.bcfg.trust_remote_code)
 
     def load_target(self):
         model, _ = load_pretrained(self.bcfg.model, self.bcfg.tokenizer, self.bcfg.dtype, self.bcfg.device,
@@ -118,7 +123,7 @@ class RealSuite(Suite):
 
     @property
     def eval_batch_size(self) -> int:
-        return self.bcfg.eval_batch_size
+        return self.bcfg.eval_batch_size or self.default_eval_batch_size
 
     @property
     def max_new_tokens(self) -> int:

@@ -41,13 +41,18 @@ def _check(rows: list[dict], fields: tuple[str, ...], config: str) -> list[dict]
     return rows
 
 
+def load_qa_config(source: str, config: str) -> list[dict]:
+    """The rows of one TOFU config (any of them: full, retainNN, forgetNN, ...), checked for question/answer."""
+    return _check(load_rows(source, config), ("question", "answer"), config)
+
+
 def load_tofu_sets(source: str = HUB_ID, split: str = "forget10", spans_file: str = "",
                    with_eval: bool = True) -> BenchmarkData:
     if split not in FORGET_SPLITS:
         raise DataError(f"unknown TOFU split '{split}'; choose from {', '.join(FORGET_SPLITS)}")
     nn = FORGET_SPLITS[split]
-    forget = _check(load_rows(source, split), ("question", "answer"), split)
-    retain = _check(load_rows(source, retain_split(split)), ("question", "answer"), retain_split(split))
+    forget = load_qa_config(source, split)
+    retain = load_qa_config(source, retain_split(split))
     if spans_file:
         forget = attach_target_words(forget, read_file(spans_file), spans_file)
     eval_sets = {}
@@ -91,4 +96,4 @@ class TofuSuite(RealSuite):
 
     def evaluate_logs(self, model, retain) -> dict:
         return evaluate_tofu(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
-                             self.max_new_tokens, retain_ref=retain)
+                             self.max_new_tokens, retain_ref=retain, generate_text=self.bcfg.generate)

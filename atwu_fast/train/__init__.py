@@ -1,2 +1,2 @@
 """The unlearning loop (:mod:`.trainer`) and what it is built from: options, optimisers, schedules,
-batch sampling, checkpoints; and supervised fine-tuning (:mod:`.finetune`)."""
+batch sampling, checkpoints (supervised fine-tuning, built from them, is :mod:`atwu_fast.finetune`)."""

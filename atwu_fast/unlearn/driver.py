@@ -26,7 +26,7 @@ from ..config.args import fail
 from ..data.io import atomic_write_json, atomic_write_text
 from ..data.readers import DataError
 from ..eval.logs import RetainReference
-from ..eval.spans import ForgetTokenView, forget_token_view, span_alignment
+from ..eval.spans import ForgetTokenView, forget_token_view, method_alignment, span_alignment
 from ..methods import METHODS, get_method
 from ..model.distributed import (
     SINGLE,
@@ -236,8 +236,8 @@ def run_method(name: str, run: Run) -> dict:
         state.view = forget_token_view(model, suite.forget, pad_id, batch_size, unlearner.token_weights)
         state.view_step = step
         alignment = None
-        if state.view.weights is not None and suite.has_spans:
-            alignment = {"step": step, **span_alignment(state.view.weights, state.view.span_kind)}
+        if suite.has_spans:
+            alignment = {"step": step, **method_alignment(state.view, base)}
             metrics_log.log_scalars(step, alignment)
         if suite.evaluates_at_checkpoints or step == train_cfg.steps:
             evaluate(step)
@@ -258,8 +258,6 @@ def run_method(name: str, run: Run) -> dict:
         evaluation.add({k: v for k, v in checkpoints[-1].items() if k != "step"})
         evaluation.metrics["span_auroc_avg"] = float(np.nanmean([c["span_auroc"] for c in checkpoints]))
         evaluation.metrics["span_ap_avg"] = float(np.nanmean([c["span_ap"] for c in checkpoints]))
-    elif suite.has_spans:
-        evaluation.metrics.update(span_auroc=None, span_ap=None, span_auroc_avg=None)
     metrics = {**evaluation.metrics, "train_seconds": train_seconds}
     save_model(method_dir / "model")
     if not ctx.is_main:

@@ -14,14 +14,15 @@ import difflib
 from dataclasses import field
 
 from ..config import ConfigError, check, option
+from ..finetune.loop import FinetuneConfig
+from ..finetune.tiny import ModelConfig, TokenizerConfig
 from ..methods import DEFAULT_METHOD, METHODS, get_method, param_sections
 from ..methods.weights import SOURCES
-from ..model.tiny import ModelConfig, TokenizerConfig
 from ..report.progress import LogConfig
 from ..suites.config import BenchmarkConfig
 from ..suites.synthetic import EvalConfig, SyntheticConfig
+from ..suites.tofu_tiny import TINY, TinyTofuConfig
 from ..train.config import EfficiencyConfig, TrainConfig
-from ..train.finetune import FinetuneConfig
 
 SHORTCUTS = {"--method": "method", "--methods": "methods", "--weights": "weights", "--output-dir": "output_dir",
              "--seed": "train.seed",
@@ -56,6 +57,11 @@ def _validate(self) -> None:
                 hint = f" (did you mean '{close[0]}'?)" if close and "+" not in name else ""
                 raise ConfigError(f"{exc.args[0]}{hint}") from None
     check(self.threads >= 0, "threads must be >= 0")
+    if self.benchmark.model == TINY:
+        check(self.benchmark.name == "tofu", f"--model {TINY} is the laptop-scale TOFU protocol: use it with "
+                                             "--benchmark tofu")
+        check(not self.benchmark.retain_logs, f"--model {TINY} evaluates its own retain model; --retain-logs "
+                                              "does not apply")
 
 
 ExperimentConfig = dataclasses.make_dataclass("ExperimentConfig", [
@@ -68,7 +74,8 @@ ExperimentConfig = dataclasses.make_dataclass("ExperimentConfig", [
                             "")),
     ("output_dir", str, option("where results are written (default: runs/<method>-<time>)", "")),
     ("resume", bool, option("continue an interrupted run in --output-dir from its latest checkpoints", False)),
-    ("cache_dir", str, option("where the tokenizer and tiny models are cached", ".cache/atwu_fast")),
+    ("cache_dir", str, option("where the tokenizers and tiny models are cached (embedded benchmark, --model tiny)",
+                              ".cache/atwu_fast")),
     ("threads", int, option("torch CPU threads (0: torch default)", 0)),
     ("data", SyntheticConfig, _section(SyntheticConfig)),
     ("tokenizer", TokenizerConfig, _section(TokenizerConfig)),
@@ -79,6 +86,7 @@ ExperimentConfig = dataclasses.make_dataclass("ExperimentConfig", [
     ("eval", EvalConfig, _section(EvalConfig)),
     *((name, cls, _section(cls)) for name, cls in param_sections().items()),
     ("benchmark", BenchmarkConfig, _section(BenchmarkConfig)),
+    ("tiny", TinyTofuConfig, _section(TinyTofuConfig)),
     ("log", LogConfig, _section(LogConfig)),
 ], namespace={"method_list": method_list, "validate": _validate,
               "__doc__": "The whole configuration of one run (see the module docstring)."})

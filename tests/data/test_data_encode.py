@@ -4,7 +4,7 @@ import pytest
 
 from atwu_fast.data.formatting import decode_answer, encode_prompt, encode_qa, encode_row, format_answer
 from atwu_fast.data.labels import IGNORE_INDEX
-from atwu_fast.model.tiny import TokenizerConfig, train_tokenizer
+from atwu_fast.finetune.tiny import TokenizerConfig, train_tokenizer
 from atwu_fast.suites.synthetic.world import SyntheticConfig, generate, tokenizer_corpus
 
 

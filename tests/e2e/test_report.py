@@ -15,7 +15,7 @@ from test_cli import TINY  # the shared tiny configuration (tests/ is on sys.pat
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from atwu_fast.data.formatting import encode_qa
-from atwu_fast.model.tiny import TokenizerConfig
+from atwu_fast.finetune.tiny import TokenizerConfig
 from atwu_fast.model.tokens import forward_answer_tokens, make_batch
 from atwu_fast.report.__main__ import main as report_main
 from atwu_fast.report.html import build_report

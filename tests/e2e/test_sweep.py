@@ -18,8 +18,15 @@ def test_every_grid_entry_is_a_valid_config(name):
     for variant in grid.variants.values():
         for seed in grid.seeds:
             base = merge(ExperimentConfig(), sweep.dotted_to_nested({**grid.base, **variant,
-                                                                     **sweep.seed_overrides(seed)}))
-            assert base.data.seed == base.model.seed == base.train.seed == seed
+                                                                     **sweep.seed_overrides(seed, grid.seed_keys)}))
+            for key in grid.seed_keys:  # a seed sets the initialisation of the models it trains and the batch order
+                section, name = key.rsplit(".", 1)
+                node = base
+                for part in section.split("."):
+                    node = getattr(node, part)
+                assert getattr(node, name) == seed, key
+            assert "train.seed" in grid.seed_keys and any(k.endswith("model.seed") for k in grid.seed_keys)
+            assert set(grid.baselines) <= set(labels)
             for _label, method, over in grid.methods:
                 assert method in METHODS
                 for lr in grid.lrs:

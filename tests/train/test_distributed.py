@@ -10,11 +10,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from atwu_fast.data.formatting import encode_qa
+from atwu_fast.finetune.tiny import ModelConfig, build_tiny_llama, train_tokenizer
 from atwu_fast.methods import get_method
 from atwu_fast.methods.atwu.params import ATWUParams
 from atwu_fast.model.distributed import SINGLE, DistContext, collective_eval, full_state_dict, map_batches, shutdown
 from atwu_fast.model.loading import enable_gradient_checkpointing
-from atwu_fast.model.tiny import ModelConfig, build_tiny_llama, train_tokenizer
 from atwu_fast.suites.synthetic.world import SyntheticConfig, generate, tokenizer_corpus
 from atwu_fast.train.config import TrainConfig
 from atwu_fast.train.trainer import Unlearner

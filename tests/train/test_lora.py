@@ -6,11 +6,11 @@ from transformers import AutoModelForCausalLM
 
 from atwu_fast.data.collate import collate
 from atwu_fast.data.formatting import encode_qa
+from atwu_fast.finetune.tiny import ModelConfig, build_tiny_llama, train_tokenizer
 from atwu_fast.methods import get_method
 from atwu_fast.methods.npo import NPOParams
 from atwu_fast.model.loading import build_unlearn_model, save_unlearned
 from atwu_fast.model.lora import apply_lora, load_adapter
-from atwu_fast.model.tiny import ModelConfig, build_tiny_llama, train_tokenizer
 from atwu_fast.model.tokens import answer_tokens, last_hidden, token_nll
 from atwu_fast.suites.synthetic.world import SyntheticConfig, generate, tokenizer_corpus
 from atwu_fast.train.config import EfficiencyConfig, TrainConfig

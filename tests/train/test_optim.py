@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from atwu_fast.data.formatting import encode_qa
+from atwu_fast.finetune.tiny import ModelConfig, build_tiny_llama, train_tokenizer
 from atwu_fast.methods import get_method
 from atwu_fast.methods.gradient_ascent import GradDiffParams
-from atwu_fast.model.tiny import ModelConfig, build_tiny_llama, train_tokenizer
 from atwu_fast.suites.synthetic.world import SyntheticConfig, generate, tokenizer_corpus
 from atwu_fast.train.config import TrainConfig
 from atwu_fast.train.optim import OPTIMIZERS, build_optimizer, state_bytes_per_param

@@ -8,20 +8,20 @@ forget quality) on retain + general: the general split plays the role of pre-tra
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
+from functools import partial
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from ...data.formatting import encode_qa
-from ...data.io import atomic_dir, atomic_write_json, cache_key
-from ...model.tiny import ModelConfig, TokenizerConfig, build_tiny_llama, train_tokenizer
-from ...train.finetune import FinetuneConfig, finetune
+from ...data.io import atomic_dir, cache_key
+from ...finetune.build import finetune_to_dir
+from ...finetune.loop import FinetuneConfig
+from ...finetune.parallel import run_jobs
+from ...finetune.tiny import ModelConfig, TokenizerConfig, build_tiny_llama, train_tokenizer
 from .world import SyntheticConfig, generate
 
 CACHE_VERSION = 1
@@ -67,34 +67,20 @@ def cached_tokenizer(spec: AssetSpec, splits: dict[str, list[dict]], cache: Path
 
 
 def model_dirs(spec: AssetSpec, cache: Path) -> dict[str, Path]:
-    key = cache_key(CACHE_VERSION, spec.data, spec.tokenizer, spec.model, spec.pretrain, spec.max_new_tokens)
+    key = cache_key(CACHE_VERSION, spec.data, spec.tokenizer, spec.model, spec.pretrain.cache_identity(),
+                    spec.max_new_tokens)
     return {kind: cache / f"{kind}-{key}" for kind in TRAIN_SPLITS}
 
 
-def _train_one(kind: str, spec: AssetSpec, tokenizer_dir: str, out_dir: str, threads: int) -> dict:
-    """Fine-tune one tiny model and save it atomically (runs in a worker process when parallel)."""
-    if threads:
-        torch.set_num_threads(threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # worker processes: no per-file "Writing model shards" bars
+def _train_one(kind: str, spec: AssetSpec, tokenizer_dir: str, out_dir: str) -> dict:
+    """Fine-tune one tiny model and save it atomically (a worker process when parallel)."""
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     splits = generate(spec.data)
     rows = [r for name in TRAIN_SPLITS[kind] for r in splits[name]]
     encoded = [encode_qa(tokenizer, r["question"], r["answer"], spec.tokenizer.max_length) for r in rows]
-    model = build_tiny_llama(spec.model, tokenizer, spec.max_positions)
     seed = spec.model.seed + (0 if kind == "target" else 1)
-    summary = finetune(model, encoded, spec.pretrain, tokenizer.pad_token_id, seed,
-                       log=lambda m: print(f"[{kind}]{m}", flush=True))
-    summary["rows"] = len(encoded)
-
-    def build(d: Path) -> None:
-        model.save_pretrained(d)
-        tokenizer.save_pretrained(d)
-        atomic_write_json(d / "finetune_summary.json", summary)
-
-    atomic_dir(out_dir, build)
-    return summary
+    return finetune_to_dir(lambda: build_tiny_llama(spec.model, tokenizer, spec.max_positions), tokenizer, encoded,
+                           spec.pretrain, seed, out_dir, log=lambda m: print(f"[{kind}]{m}", flush=True))
 
 
 def train_missing_models(spec: AssetSpec, tok_dir: Path, dirs: dict[str, Path], log: Callable[[str], None]) -> None:
@@ -104,14 +90,7 @@ def train_missing_models(spec: AssetSpec, tok_dir: Path, dirs: dict[str, Path], 
     if not missing:
         return
     log(f"fine-tuning the tiny {' and '.join(missing)} model(s); cached for later runs")
-    cores = os.cpu_count() or 1
-    if len(missing) > 1 and cores >= 2:
-        threads = max(cores // len(missing), 1)
-        with ProcessPoolExecutor(max_workers=len(missing), mp_context=get_context("spawn")) as pool:
-            futures = {k: pool.submit(_train_one, k, spec, str(tok_dir), str(dirs[k]), threads) for k in missing}
-            summaries = {k: f.result() for k, f in futures.items()}
-    else:
-        summaries = {k: _train_one(k, spec, str(tok_dir), str(dirs[k]), 0) for k in missing}
+    summaries = run_jobs({k: partial(_train_one, k, spec, str(tok_dir), str(dirs[k])) for k in missing})
     for k, s in summaries.items():
         log(f"  {k}: {s['rows']} QA pairs, {s['steps']} steps, final answer NLL {s['final_nll']:.4f}")
 

@@ -5,7 +5,7 @@ of the laptop-scale protocols."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -38,6 +38,23 @@ class ModelConfig:
     def validate(self) -> None:
         check(self.hidden_size % self.num_heads == 0, "model.hidden_size must be divisible by model.num_heads")
         check(self.num_layers >= 1, "model.num_layers must be >= 1")
+
+
+def tofu_model() -> ModelConfig:
+    """The tiny model of the laptop-scale TOFU protocol (chosen by measurement, README "TOFU at laptop scale")."""
+    return ModelConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=384)
+
+
+@dataclass
+class TinyConfig:
+    """``--model tiny``: a small Llama built from a config, with a byte-level BPE tokenizer trained on the
+    benchmark's text."""
+
+    vocab_size: int = option("byte-level BPE vocabulary size of the tiny model's tokenizer", 2048)
+    model: ModelConfig = field(default_factory=tofu_model)
+
+    def validate(self) -> None:
+        check(self.vocab_size >= 300, "tiny.vocab_size must be >= 300 (256 bytes + specials)")
 
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"

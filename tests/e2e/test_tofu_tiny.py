@@ -1,0 +1,113 @@
+"""TOFU's whole protocol at laptop scale (``--benchmark tofu --model tiny``) on the real TOFU data, reduced
+to CI size: two tiny models fine-tuned (cached), unlearning, the TOFU evaluation with forget quality
+against the local retain model, span alignment against the split's target words."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from atwu_fast.suites.tofu_tiny import AUTHOR_ROWS, author_subset
+from atwu_fast.unlearn.__main__ import main
+
+TOFU = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tofu"
+METHODS = ["grad_diff", "npo", "atwu_logfit", "atwu_oracle", "wga"]
+REDUCED = ["--benchmark", "tofu", "--benchmark.data_dir", str(TOFU), "--model", "tiny", "--split", "forget01",
+           "--tiny.vocab_size", "400", "--tiny.model.hidden_size", "32", "--tiny.model.intermediate_size", "64",
+           "--tiny.model.num_layers", "1", "--tiny.finetune.max_steps", "40", "--tiny.finetune.min_steps", "0",
+           "--tiny.finetune.lr", "1e-2", "--train.steps", "4", "--train.forget_batch_size", "8",
+           "--train.retain_batch_size", "8", "--benchmark.max_new_tokens", "4", "--benchmark.ds_size", "40",
+           "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tofu-tiny")
+    assert main(REDUCED + ["--methods", ",".join(METHODS), "--output-dir", str(root / "a"),
+                           "--cache-dir", str(root / "cache")]) == 0
+    return root
+
+
+def ratios(eval_json: Path) -> np.ndarray:
+    rows = json.loads(eval_json.read_text())["forget_truth_ratio"]["value_by_index"]
+    return np.array([rows[k]["score"] for k in sorted(rows, key=int)])
+
+
+def token_score_auroc(method_dir: Path, key: str | None = None) -> float:
+    doc = json.loads((method_dir / "token_scores.json").read_text())
+    key = key or doc["score_key"]
+    scores = [s for row in doc["rows"] for s in row[key]]
+    return roc_auc_score([int(k == 2) for row in doc["rows"] for k in row["span_kind"]], scores)
+
+
+@pytest.mark.slow
+def test_results_have_forget_quality_against_the_local_retain_model_utility_and_span_auroc(run):
+    out = run / "a"
+    results = json.loads((out / "results.json").read_text())
+    reference = json.loads((out / "reference.json").read_text())
+    assert set(results) == set(METHODS)
+    assert list(reference["models"]) == ["retain model", "target model"]  # the retain model first: the reference
+    assert reference["models"]["retain model"]["forget_quality"] == 1.0
+    retain_r = ratios(out / "reference" / "retain model" / "TOFU_EVAL.json")
+    assert np.allclose(retain_r, reference["retain_forget_truth_ratios"], rtol=1e-12)
+    assert len(retain_r) == 40  # forget01: 2 authors
+    for name in ["target model", *METHODS]:
+        metrics = results.get(name) or reference["models"][name]
+        logs = out / (name if name in results else f"reference/{name}") / "TOFU_EVAL.json"
+        # forget quality is the KS p-value of this model's forget truth ratios against the local retain model's
+        assert metrics["forget_quality"] == pytest.approx(stats.ks_2samp(ratios(logs), retain_r).pvalue, rel=1e-9)
+        assert 0 < metrics["model_utility"] <= 1
+    for name in METHODS:  # the target words mark the forget answers: every method has a span AUROC
+        span = results[name]["span_auroc"]
+        assert span is not None and 0 <= span <= 1
+        # the file rounds scores to 1e-6, so only pairs closer than that may tie differently
+        assert span == pytest.approx(token_score_auroc(out / name), abs=5e-3), name
+        assert results[name]["span_auroc_delta"] == pytest.approx(token_score_auroc(out / name, "nll_delta"), abs=5e-3)
+
+
+@pytest.mark.slow
+def test_the_models_learn_the_author_subset_and_are_cached(run, capsys):
+    caches = sorted(p.name for p in (run / "cache").iterdir())
+    assert [c.split("-")[1] for c in caches] == ["retain", "target", "tokenizer"]
+    target = json.loads((run / "cache" / caches[1] / "finetune_summary.json").read_text())
+    retain = json.loads((run / "cache" / caches[0] / "finetune_summary.json").read_text())
+    # 21 retain_perturbed authors x 20 rows + 100 real authors + 117 world facts; the target adds forget01's 40
+    assert (retain["rows"], target["rows"]) == (21 * 20 + 217, 21 * 20 + 217 + 40)
+    capsys.readouterr()
+    assert main(REDUCED + ["--method", "grad_diff", "--output-dir", str(run / "b"), "--cache-dir",
+                           str(run / "cache")]) == 0
+    assert "fine-tuning the tiny" not in capsys.readouterr().out  # both models came from the cache
+    first = json.loads((run / "a" / "results.json").read_text())["grad_diff"]
+    again = json.loads((run / "b" / "results.json").read_text())["grad_diff"]
+    assert again["forget_quality"] == first["forget_quality"]
+
+
+def test_author_subset_takes_every_retain_eval_author_then_the_first_others():
+    retain = [{"question": f"q{i}"} for i in range(5 * AUTHOR_ROWS)]
+    evaluated = [retain[3], retain[AUTHOR_ROWS * 3 + 7]]  # rows of authors 0 and 3
+    assert author_subset(retain, evaluated, 0) == [0, 3]
+    assert author_subset(retain, evaluated, 2) == [0, 1, 2, 3]
+    assert author_subset(retain, evaluated, 9) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="not a retain row"):
+        author_subset(retain, [{"question": "elsewhere"}], 0)
+
+
+def test_real_tofu_retain_perturbed_spans_21_authors():
+    """TOFU's retain_perturbed holds 20 authors' rows, one of author 5 swapped for one of author 22."""
+    def rows(config):
+        return [json.loads(line) for line in (TOFU / f"{config}.json").read_text().splitlines() if line.strip()]
+
+    assert author_subset(rows("retain90"), rows("retain_perturbed"), 0) == [*range(20), 22]
+
+
+@pytest.mark.parametrize("extra", [["--benchmark", "rwku"], ["--retain-logs", "x.json"]])
+def test_tiny_is_only_for_tofu_without_retain_logs(extra, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--benchmark", "tofu", "--model", "tiny", *extra, "--output-dir", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--model tiny" in err
+    assert not (tmp_path / "o").exists()

@@ -64,8 +64,18 @@ def build_parser(config_cls: type, prog: str, description: str, shortcuts: dict[
     return parser
 
 
+def dotted_keys(data: Any, prefix: str = "") -> set[str]:
+    """The dotted leaf keys of a nested dict (``{"a": {"b": 1}}`` → ``{"a.b"}``)."""
+    if not isinstance(data, dict) or not data:
+        return {prefix} if prefix else set()
+    return {k for key, value in data.items()
+            for k in dotted_keys(value, f"{prefix}.{key}" if prefix else str(key).replace("-", "_"))}
+
+
 def parse_config(config_cls: type, argv: list[str] | None, prog: str, description: str,
-                 shortcuts: dict[str, str]) -> Any:
+                 shortcuts: dict[str, str], explicit: bool = False) -> Any:
+    """The config from defaults, ``--config`` YAML and flags; with ``explicit`` also the set of dotted
+    keys the user set (YAML or flags), so that tuned per-method values never override them."""
     parser = build_parser(config_cls, prog, description, shortcuts)
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
@@ -74,6 +84,7 @@ def parse_config(config_cls: type, argv: list[str] | None, prog: str, descriptio
             set_dotted(overrides, key[5:].replace("__", "."), value)
     try:
         cfg = config_cls()
+        data: dict = {}
         if args.config:
             path = Path(args.config)
             if not path.is_file():
@@ -83,6 +94,9 @@ def parse_config(config_cls: type, argv: list[str] | None, prog: str, descriptio
             except yaml.YAMLError as exc:
                 fail(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}")
             cfg = merge(cfg, data, where=str(path))
-        return merge(cfg, overrides, where="command line")
+        cfg = merge(cfg, overrides, where="command line")
     except ConfigError as exc:
         fail(str(exc))
+    if not explicit:
+        return cfg
+    return cfg, dotted_keys(data) | dotted_keys(overrides)

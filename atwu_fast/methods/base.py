@@ -19,6 +19,11 @@ import torch
 from torch import Tensor
 
 from ..config import option
+from ..config.search import Float, Space
+
+# the tuner's shared ranges: the model's learning rate and the loss weights γ, α
+LR_RANGE = Float(1e-4, 2e-2, log=True)
+WEIGHT_RANGE = Float(0.1, 10.0, log=True)
 
 Count = Union[Tensor, float]
 
@@ -182,6 +187,7 @@ class Method:
     retain_loss: Callable[[TokenQuantities, object], Tensor] = None  # L_r (default: the token-mean retain NLL)
     pluggable: bool = False  # its loss reads q.forget_weights: it runs with any weight source (methods.weights)
     doc: str = ""  # formula and source, one line (the README's method table)
+    search: dict[str, Space] = field(default_factory=dict)  # tuning ranges of its own fields (section-relative)
 
     @property
     def params_section(self) -> str:
@@ -196,6 +202,18 @@ class Method:
     def has_weights(self) -> bool:
         """It puts a weight on each forget token (learned, a mask, or a function of the NLL)."""
         return bool(self.weight_hooks) or self.token_weights is not None
+
+    def search_space(self) -> dict[str, Space]:
+        """Dotted config key → range for ``python -m atwu_fast.tune``: the learning rate, γ and the
+        method's own ranges; fields the method fixes are not searched. Adam's step is invariant to the
+        loss's scale, so with a retain term only the ratio γ/α matters (γ is searched, α stays) and
+        without one γ does not matter at all."""
+        section = self.params_section
+        space: dict[str, Space] = {"train.lr": LR_RANGE}
+        if self.uses_retain:
+            space[f"{section}.gamma"] = WEIGHT_RANGE
+        space.update({f"{section}.{k}": v for k, v in self.search.items()})
+        return {k: v for k, v in space.items() if k.split(".", 1)[1] not in self.fixed or k.startswith("train.")}
 
     def sections(self, cfg) -> Any:
         """Its config section(s) in the experiment config ``cfg``."""

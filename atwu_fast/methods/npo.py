@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from ..config import option
+from ..config.search import Float
 from .base import LossWeights, Method, TokenQuantities, sequence_lengths, sequence_sum
 
 
@@ -48,6 +49,8 @@ def simnpo_loss(q: TokenQuantities, params):
 
 
 NPO = Method("npo", NPOParams, npo_loss, needs_reference=True, pluggable=True,
+             search={"beta": Float(0.02, 1.0, log=True)},
              doc="−(2/β)·mean_seq log σ(β·(Σℓ − Σℓ_ref)), reference = the frozen target (Zhang et al. 2024)")
 SIMNPO = Method("simnpo", SimNPOParams, simnpo_loss, pluggable=True,
+                search={"beta": Float(0.5, 10.0, log=True), "delta": Float(0.0, 3.0)},
                 doc="−(2/β)·mean_seq log σ(β·(Σℓ/|y| − δ)), no reference (Fan et al. 2024)")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import option
+from ..config.search import Float
 from ..model.tokens import token_nll
 from .base import LossWeights, Method, TokenQuantities, TrainingHooks, sequence_sum
 
@@ -133,7 +134,7 @@ def dpo_loss(q: TokenQuantities, params) -> Tensor:
 
 
 DPO = Method("dpo", DPOParams, dpo_loss, needs_reference=True, hooks=lambda p: PreferenceHooks(p, "alternative"),
-             pluggable=True, doc="−(2/β)·mean log σ(β·[(Σℓ−Σℓ_ref)(answer) − (Σℓ−Σℓ_ref)(perturbed answer)]) "
+             pluggable=True, search={"beta": Float(0.02, 1.0, log=True)}, doc="−(2/β)·mean log σ(β·[(Σℓ−Σℓ_ref)(answer) − (Σℓ−Σℓ_ref)(perturbed answer)]) "
                                  "(Rafailov et al. 2023)")
 IDK_DPO = Method("idk_dpo", DPOParams, dpo_loss, needs_reference=True, hooks=lambda p: PreferenceHooks(p, "refusal"),
-                 pluggable=True, doc="DPO preferring a refusal (\"I don't know.\") to the answer (Maini et al. 2024)")
+                 pluggable=True, search={"beta": Float(0.02, 1.0, log=True)}, doc="DPO preferring a refusal (\"I don't know.\") to the answer (Maini et al. 2024)")

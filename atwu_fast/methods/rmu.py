@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..config import check, option
+from ..config.search import Float
 from ..model.tokens import decoder
 from .base import LossWeights, Method, TokenQuantities, TrainingHooks
 
@@ -121,5 +122,5 @@ def rmu_retain_loss(q: TokenQuantities, params) -> Tensor:
 
 
 RMU = Method("rmu", RMUParams, rmu_forget_loss, needs_reference=True, hooks=RMUHooks, retain_loss=rmu_retain_loss,
-             pluggable=True, doc="mean (a_ℓ − c·u)² on forget answers + α·mean (a_ℓ − a_ℓ^ref)² on retain answers, "
+             pluggable=True, search={"steering_coeff": Float(0.5, 20.0, log=True)}, doc="mean (a_ℓ − c·u)² on forget answers + α·mean (a_ℓ − a_ℓ^ref)² on retain answers, "
                                  "a_ℓ: layer ℓ's output, u a fixed random direction (Li et al. 2024)")

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..config import check, option
+from ..config.search import Float
 from ..model.distributed import run_on
 from ..model.tokens import forward_answer_tokens, token_nll
 from .base import LossWeights, Method, TrainingHooks, ascent
@@ -101,6 +102,6 @@ def seul_loss(q, params):
     return ascent(q)
 
 
-SEUL = Method("seul", SEULParams, seul_loss, hooks=SeulMaskHooks, weight_hooks="mask",
+SEUL = Method("seul", SEULParams, seul_loss, hooks=SeulMaskHooks, weight_hooks="mask", search={"k": Float(-0.5, 2.0)},
               doc="−(1/N_F) Σ m·ℓ + α·retain NLL, m: the target model's surprising tokens (NLL > μ + k·σ, "
                   "gaps ≤ 2 filled; after Wan et al. 2025)")

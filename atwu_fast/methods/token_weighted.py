@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import option
+from ..config.search import Float
 from .base import LossWeights, Method, TokenQuantities, weighted_ascent
 
 
@@ -42,7 +43,8 @@ def satimp_loss(q: TokenQuantities, params):
     return weighted_ascent(q, satimp_weights(q.forget_nll, params))
 
 
-WGA = Method("wga", WGAParams, wga_loss, token_weights=wga_weights,
+WGA = Method("wga", WGAParams, wga_loss, token_weights=wga_weights, search={"beta": Float(0.1, 10.0, log=True)},
              doc="−mean [p^β]_sg·ℓ (Wang et al. 2025, WGA)")
 SATIMP = Method("satimp", SatImpParams, satimp_loss, token_weights=satimp_weights,
+                search={"beta1": Float(0.5, 10.0, log=True), "beta2": Float(0.1, 5.0, log=True)},
                 doc="−mean [p^β1·(1−p)^β2]_sg·ℓ (Yang et al. 2025, SatImp)")

@@ -22,6 +22,7 @@ from atwu_kernels.distill import linear_distillation
 from torch import Tensor
 
 from ..config import option
+from ..config.search import Float
 from ..model.tokens import lm_head, logit_transform
 from .base import LossWeights, Method, TokenQuantities, TrainingHooks
 
@@ -56,4 +57,5 @@ def undial_loss(q: TokenQuantities, params) -> Tensor:
 
 
 UNDIAL = Method("undial", UNDIALParams, undial_loss, needs_reference=True, hooks=DistillationHooks, pluggable=True,
+                search={"beta": Float(1.0, 30.0, log=True)},
                 doc="mean CE(softmax(z_ref − β·e_y), softmax(z)) on forget tokens (Dong et al. 2024)")

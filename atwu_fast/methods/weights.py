@@ -136,5 +136,6 @@ def plug_in(base: Method, source_name: str, name: str = "") -> WeightedMethod:
                           section=base.params_section, fixed=base.fixed, uses_retain=base.uses_retain,
                           needs_reference=base.needs_reference, needs_spans=base.needs_spans or source.needs_spans,
                           hooks=base.hooks, weight_hooks="learned" if source.learned else "mask",
-                          retain_loss=base.retain_loss, doc=f"{base.name}'s loss weighted by {source_name}'s token weights",
+                          retain_loss=base.retain_loss, search=base.search,
+                          doc=f"{base.name}'s loss weighted by {source_name}'s token weights",
                           base=base, source=source)

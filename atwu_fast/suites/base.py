@@ -138,6 +138,21 @@ class Suite:
     def default_output_dir(self, label: str, stamp: str) -> Path:
         return Path("runs") / f"{self.name}-{label}-{stamp}"
 
+    # ------------------------------------------------------------------ seeds and tuned values
+    tuned_file: Optional[Path] = None  # the methods' tuned hyper-parameters on this benchmark (JSON)
+
+    def seed_overrides(self, seed: int) -> dict:
+        """Dotted config overrides of one seed of a study (by default the unlearning seed alone)."""
+        return {"train.seed": seed}
+
+    def tuned(self) -> dict[str, dict]:
+        """Method name → dotted config values tuned on this benchmark (``python -m atwu_fast.tune``)."""
+        if self.tuned_file is None or not self.tuned_file.is_file():
+            return {}
+        import json
+
+        return json.loads(self.tuned_file.read_text()).get("methods", {})
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model, retain: Optional[RetainReference]) -> Evaluation:
         raise NotImplementedError

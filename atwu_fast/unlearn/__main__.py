@@ -15,9 +15,9 @@ from .experiment import SHORTCUTS, ExperimentConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(ExperimentConfig, argv, prog="python -m atwu_fast.unlearn",
-                       description=__doc__.splitlines()[0], shortcuts=SHORTCUTS)
-    return run(cfg)
+    cfg, explicit = parse_config(ExperimentConfig, argv, prog="python -m atwu_fast.unlearn",
+                                 description=__doc__.splitlines()[0], shortcuts=SHORTCUTS, explicit=True)
+    return run(cfg, frozenset(explicit))
 
 
 if __name__ == "__main__":

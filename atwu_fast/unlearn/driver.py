@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import ConfigError
+from ..config import ConfigError, merge
 from ..config.args import fail
+from ..config.options import set_dotted
 from ..data.io import atomic_write_json, atomic_write_text
 from ..data.readers import DataError
 from ..eval.logs import RetainReference
@@ -263,6 +264,7 @@ def run_method(name: str, run: Run) -> dict:
     if not ctx.is_main:
         return metrics
     unlearner.hooks.save(method_dir)
+    atomic_write_text(method_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     suite.write_logs(method_dir, evaluation)
     atomic_write_json(method_dir / "history.json",
                       {"steps": result.history, "span_checkpoints": checkpoints, "evals": state.evals})
@@ -283,8 +285,23 @@ def output_dir(cfg, suite: Suite) -> Path:
     return suite.default_output_dir(label, time.strftime("%Y%m%d-%H%M%S"))
 
 
-def run(cfg) -> int:
-    """The whole run; returns the exit code (0, or 3 when a method diverged). User errors exit 2."""
+def with_tuned(cfg, suite: Suite, name: str, explicit: frozenset[str] = frozenset()) -> tuple[object, dict]:
+    """``cfg`` with the values tuned for method ``name`` on this benchmark (``--tuned``), except those the
+    user set (``explicit`` dotted keys); returns the config and the values applied."""
+    if not cfg.tuned:
+        return cfg, {}
+    values = {k: v for k, v in suite.tuned().get(name, {}).items() if k not in explicit}
+    if not values:
+        return cfg, {}
+    nested: dict = {}
+    for key, value in values.items():
+        set_dotted(nested, key, value)
+    return merge(cfg, nested, where=f"tuned values of {name}"), values
+
+
+def run(cfg, explicit: frozenset[str] = frozenset()) -> int:
+    """The whole run; returns the exit code (0, or 3 when a method diverged). User errors exit 2.
+    ``explicit``: the dotted keys the user set, which the methods' tuned values never override."""
     t0 = time.perf_counter()
     suite = make_suite(cfg)
     out_dir = output_dir(cfg, suite)
@@ -326,9 +343,11 @@ def run(cfg) -> int:
                 results[name] = finished[name]
                 this.log(f"{name}: already finished, kept")
                 continue
-            this.log(f"unlearning with {name} ({suite.train_config(cfg.train).steps} steps, lr {cfg.train.lr:g}) ...")
+            method_cfg, tuned = with_tuned(cfg, suite, name, explicit)
+            this.log(f"unlearning with {name} ({suite.train_config(method_cfg.train).steps} steps, "
+                     f"lr {method_cfg.train.lr:g}{', tuned' if tuned else ''}) ...")
             try:
-                results[name] = run_method(name, this)
+                results[name] = run_method(name, dataclasses.replace(this, cfg=method_cfg))
             except DivergenceError as exc:
                 if ctx.is_main:
                     print(f"error: {name} diverged: {exc}; the last good checkpoint is in "

@@ -72,6 +72,8 @@ ExperimentConfig = dataclasses.make_dataclass("ExperimentConfig", [
     ("weights", str, option("token weights for the named methods' losses: atwu (ATWU's learned scores), an ATWU "
                             f"variant's, seul, truth, truth_facts; runs <method>+<weights> ({', '.join(SOURCES)})",
                             "")),
+    ("tuned", bool, option("run each method with the hyper-parameters tuned for it on this benchmark (python -m "
+                           "atwu_fast.tune; values you set yourself win); false: the sections' defaults", True)),
     ("output_dir", str, option("where results are written (default: runs/<method>-<time>)", "")),
     ("resume", bool, option("continue an interrupted run in --output-dir from its latest checkpoints", False)),
     ("cache_dir", str, option("where the tokenizers and tiny models are cached (embedded benchmark, --model tiny)",

@@ -6,6 +6,7 @@ a fixed field set by the user is overridden for that variant, with a note on std
 
 from __future__ import annotations
 
+from ...config.search import Float
 from ..base import Method
 from .hooks import ScorerHooks
 from .loss import atwu_loss, atwu_oracle_facts_loss, atwu_oracle_loss
@@ -28,8 +29,11 @@ FROZEN = {"schedule": "frozen", "pretrain_steps": 0}  # g ≡ init_score (0.5) t
 
 
 def _variant(name: str, fixed: dict) -> Method:
+    search = {"beta": Float(1.0, 10.0, log=True)}
+    if fixed.get("schedule") != "frozen":
+        search["scorer_lr"] = Float(0.005, 0.5, log=True)
     return Method(name, ATWUParams, atwu_loss, section="atwu", fixed=fixed, hooks=ScorerHooks, weight_hooks="learned",
-                  pluggable=True,
+                  pluggable=True, search=search,
                   doc="−(1/N_F) Σ g·[p^(βg)]_sg·ℓ + α·retain NLL, g = σ(wᵀh + b) learned (Yüce et al. 2026; "
                       "docs/method.md)")
 
@@ -40,7 +44,9 @@ ATWU_NLL = _variant("atwu_nll", NLL_TRACKING)
 ATWU_LOGFIT = _variant("atwu_logfit", LOG_FIT)
 ATWU_FROZEN = _variant("atwu_frozen", FROZEN)
 ATWU_ORACLE = Method("atwu_oracle", ATWUParams, atwu_oracle_loss, section="atwu", needs_spans=True,
+                     search={"beta": Float(1.0, 10.0, log=True)},
                      doc="the saturated loss with g = 1 on ground-truth author-unique tokens (control)")
 ATWU_ORACLE_FACTS = Method("atwu_oracle_facts", ATWUParams, atwu_oracle_facts_loss, section="atwu", needs_spans=True,
+                           search={"beta": Float(1.0, 10.0, log=True)},
                            doc="the saturated loss with g = 1 on every ground-truth fact token (control)")
 VARIANTS = (ATWU, ATWU_FAITHFUL, ATWU_NLL, ATWU_LOGFIT, ATWU_FROZEN, ATWU_ORACLE, ATWU_ORACLE_FACTS)

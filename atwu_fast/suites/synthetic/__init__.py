@@ -38,6 +38,7 @@ class SyntheticSuite(Suite):
     name = "synthetic"
     kind_names = FACT_KIND_NAMES
     columns = COLUMNS
+    tuned_file = Path(__file__).with_name("tuned.json")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -83,6 +84,10 @@ class SyntheticSuite(Suite):
 
     def default_output_dir(self, label: str, stamp: str) -> Path:
         return Path("runs") / f"{label}-{stamp}"
+
+    def seed_overrides(self, seed: int) -> dict:
+        """A seed is a fresh world: the generator, the tiny models' initialisation and the unlearning."""
+        return {"data.seed": seed, "model.seed": seed, "train.seed": seed}
 
     def evaluate(self, model, retain: Optional[RetainReference]) -> Evaluation:
         e = self.cfg.eval

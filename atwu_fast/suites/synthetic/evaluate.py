@@ -59,6 +59,16 @@ def truth_ratios(model, tokenizer, rows: list[dict], correct_key: str, max_lengt
     return metrics.truth_ratio(correct, pert)
 
 
+def forget_extraction_strength(model, tokenizer, rows: list[dict], max_length: int, batch_size: int) -> float:
+    """Mean extraction strength 1 − k*/N of the answers (teacher-forced argmax; the eos prediction
+    dropped, as for TOFU)."""
+    from ...eval.scoring import row_tokens
+
+    encoded = [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows]
+    tokens = row_tokens(model, encoded, tokenizer.pad_token_id, batch_size, argmax=True)
+    return float(np.mean(metrics.extraction_strength([a[:-1] for a in tokens.argmax], [y[:-1] for y in tokens.labels])))
+
+
 def generations(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
     return greedy_generate(model, tokenizer, [encode_prompt(tokenizer, r["question"]) for r in rows], max_new_tokens,
                            batch_size, [tokenizer.eos_token_id], lambda ids: decode_answer(tokenizer, ids),
@@ -118,6 +128,7 @@ def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: 
     }
     if "holdout" in nll:
         out["mia_loss_auc"] = metrics.mia_auc(metrics.mia_loss(nll["forget"]), metrics.mia_loss(nll["holdout"]))
+    out["extraction_strength"] = forget_extraction_strength(model, tokenizer, forget, **kw)
     samples = []
     if generate:
         gens = {name: generations(model, tokenizer, splits[name], max_new_tokens, batch_size)

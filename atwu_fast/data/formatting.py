@@ -31,6 +31,14 @@ def format_answer(answer: str) -> str:
     return ANSWER_PREFIX + answer
 
 
+CONTEXT_SEPARATOR = "\n\n"  # between QA blocks placed before a question in the plain template
+
+
+def format_context(context: Sequence[tuple[str, str]]) -> str:
+    """(question, answer) pairs as plain-template QA blocks, each followed by a blank line."""
+    return "".join(format_prompt(q) + format_answer(a) + CONTEXT_SEPARATOR for q, a in context)
+
+
 def ensure_pad_token(tokenizer) -> bool:
     """Give the tokenizer a pad token distinct from eos; returns True when one was added (resize!).
 
@@ -90,24 +98,28 @@ class Formatter:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _messages(self, question: str) -> list[dict]:
+    def _messages(self, question: str, context: Sequence[tuple[str, str]] = ()) -> list[dict]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        for q, a in context:
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         return msgs + [{"role": "user", "content": question}]
 
     def _bos(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
         return [bos] if bos is not None else []
 
-    def prompt_text(self, question: str) -> str:
-        """The prompt as text (special tokens written out for chat templates)."""
+    def prompt_text(self, question: str, context: Sequence[tuple[str, str]] = ()) -> str:
+        """The prompt as text (special tokens written out for chat templates). ``context``: (question,
+        answer) pairs answered before it (earlier turns; in the plain template, QA blocks)."""
         if self.use_chat:
-            return self.tokenizer.apply_chat_template(self._messages(question), tokenize=False,
+            return self.tokenizer.apply_chat_template(self._messages(question, context), tokenize=False,
                                                       add_generation_prompt=True)
-        return format_prompt(question)
+        return format_context(context) + format_prompt(question)
 
-    def prompt_ids(self, question: str, suffix: str = "") -> list[int]:
-        """Generation prefix of ``question``; ``suffix`` is appended after the template (RWKU's "Answer:")."""
-        text = self.prompt_text(question) + suffix
+    def prompt_ids(self, question: str, suffix: str = "", context: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """Generation prefix of ``question`` (after the ``context`` QA pairs); ``suffix`` is appended after
+        the template (RWKU's "Answer:")."""
+        text = self.prompt_text(question, context) + suffix
         return self._ids(text) if self.use_chat else self._bos() + self._ids(text)
 
     def instruction_ids(self, instruction: str, suffix: str = "") -> list[int]:
@@ -224,10 +236,10 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
 # --------------------------------------------------------------------------- the plain template
 
 
-def encode_prompt(tokenizer, question: str) -> list[int]:
+def encode_prompt(tokenizer, question: str, context: Sequence[tuple[str, str]] = ()) -> list[int]:
     """``[bos] + prompt tokens`` of the plain template: the generation prefix (the answer starts with
-    ANSWER_PREFIX)."""
-    return Formatter(tokenizer, "off").prompt_ids(question)
+    ANSWER_PREFIX), after the ``context`` QA blocks."""
+    return Formatter(tokenizer, "off").prompt_ids(question, context=context)
 
 
 def encode_qa(tokenizer, question: str, answer: str, max_length: int, spans: list[dict] | None = None) -> dict:

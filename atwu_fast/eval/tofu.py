@@ -12,6 +12,8 @@ Sets: ``forget`` (forgetNN_perturbed), ``retain`` (retain_perturbed), ``real_aut
   ``generate_text`` is false, its ``components`` say which), ``extraction_strength``,
   ``exact_memorization``, ``mia_loss/zlib/min_k/min_k_plus_plus`` (forget vs holdout AUC) and
   ``privleak`` (from mia_min_k and the retain logs' AUC, 0.5 without).
+* ``leak_paraphrase``, ``leak_icr``, ``leak_worst``, ``leak_retain`` (:mod:`.leak`; with
+  ``generate_text``, on the first ``leak_rows`` forget rows that have target words).
 
 Quirks reproduced: EOS is an answer token for probabilities and LOSS/ZLib; ES, EM, Min-K and
 Min-K++ drop the last answer token (the eos prediction), as the reference does.
@@ -25,7 +27,7 @@ import numpy as np
 
 from ..data.formatting import Formatter, stop_token_ids
 from ..data.labels import IGNORE_INDEX, UNIQUE
-from . import metrics
+from . import leak, metrics
 from .logs import RetainReference, by_index, entry
 from .scoring import RowTokens, generate, row_tokens
 
@@ -75,10 +77,17 @@ class TofuScorer:
         return self.tokens([(r["question"], r[key]) for r in rows]).mean_nll()
 
     def generations(self, rows: list[dict]) -> tuple[list[str], list[str]]:
-        prompts = [self.fmt.prompt_ids(r["question"]) for r in rows]
+        return self.probe_generations([(r["question"], ()) for r in rows])
+
+    def probe_generations(self, probes: list[leak.Probe]) -> tuple[list[str], list[str]]:
+        """Greedy answers to (question, context) probes (context: earlier QA turns) and their prompts; after
+        context in the plain template an answer is cut where it starts another question."""
+        prompts = [self.fmt.prompt_ids(q, context=c) for q, c in probes]
         gens = generate(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size,
                         stop_token_ids(self.tokenizer, self.model))
-        return gens, [self.fmt.prompt_text(r["question"]) for r in rows]
+        if any(c for _, c in probes):
+            gens = [leak.cut_continuation(g) for g in gens]
+        return gens, [self.fmt.prompt_text(q, c) for q, c in probes]
 
 
 def prob_entry(mean_nll: np.ndarray) -> dict:
@@ -120,10 +129,23 @@ def label_text(tokenizer, labels: np.ndarray) -> str:
     return tokenizer.decode([int(t) for t in labels], skip_special_tokens=True)
 
 
+def leak_logs(s: TofuScorer, forget: list[dict], retain: list[dict], forget_gens: list[str],
+              retain_gens: list[str]) -> dict:
+    """``leak_*`` entries (:mod:`.leak`): in-context examples from ``retain``, whose rows without
+    ``target_words`` are judged on their answers' key phrases for ``leak_retain``."""
+    values, records = leak.evaluate_leak(lambda probes: s.probe_generations(probes)[0], forget, retain,
+                                         original=forget_gens, retain_rows=retain, retain_answers=retain_gens)
+    by_row = {str(r["index"]): r for r in records}
+    out = {key: entry(values.get(key)) for key in ("leak_paraphrase", "leak_icr", "leak_retain")}
+    out["leak_worst"] = entry(values.get("leak_worst"), by_row)
+    return out
+
+
 def evaluate_tofu(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]], batch_size: int = 32,
                   max_new_tokens: int = 200, retain_ref: RetainReference | None = None, mia_k: float = 0.4,
-                  generate_text: bool = True) -> dict:
-    """All TOFU metrics of one model: a dict in the TOFU_EVAL.json layout."""
+                  generate_text: bool = True, leak_rows: int | None = None) -> dict:
+    """All TOFU metrics of one model: a dict in the TOFU_EVAL.json layout. With ``generate_text`` and
+    target words on the forget rows, the leak metrics on the first ``leak_rows`` of them (0: all; None: none)."""
     model.eval()
     s = TofuScorer(model, tokenizer, fmt, batch_size, max_new_tokens)
     logs: dict = {}
@@ -174,12 +196,15 @@ def evaluate_tofu(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]],
         logs[f"{short}_Truth_Ratio"], _ = truth_ratio_entry(ans, opts, "true_better")
 
     if generate_text:
+        gens = {}
         for prefix, name in (("forget", "forget"), ("retain", "retain"), ("ra", "real_authors"),
                              ("wf", "world_facts")):
             rows = sets[name]
-            gens, inputs = s.generations(rows)
-            vals = rouge_entries(gens, [r["answer"] for r in rows], inputs)
+            gens[name], inputs = s.generations(rows)
+            vals = rouge_entries(gens[name], [r["answer"] for r in rows], inputs)
             logs[f"{prefix}_Q_A_ROUGE"] = entry(np.mean([v["rougeL_recall"] for v in vals]), by_index(vals))
+        if leak_rows is not None and any(r.get("target_words") for r in forget):
+            logs.update(leak_logs(s, forget[:leak_rows or len(forget)], retain, gens["forget"], gens["retain"]))
     # without generations (a fast sweep) model utility is the harmonic mean of the 6 other values
     used = [k for k in UTILITY_KEYS if k in logs]
     logs["model_utility"] = entry(metrics.model_utility([logs[k]["agg_value"] for k in used]), components=used)

@@ -36,6 +36,9 @@ class BenchmarkConfig:
                                   "tiny TOFU 64)", 0)
     generate: bool = option("TOFU: greedy generations for ROUGE-L (false: a faster evaluation whose model utility "
                             "is the harmonic mean of the 6 probability and truth-ratio values)", True)
+    leak: bool = option("TOFU, with generate and target words: the leak metrics (leak_worst J_W, leak_paraphrase, "
+                        "leak_icr, leak_retain J_avg; docs/benchmarks.md)", True)
+    leak_rows: int = option("TOFU: forget rows probed for the leak metrics (0: all)", 100)
     retain_logs: str = option(
         "retain model's logs: open-unlearning's TOFU_EVAL.json (or its folder) or the original TOFU release's "
         "eval_log_aggregated.json / eval_log_forget.json (or their folder): forget quality (and privleak from "
@@ -62,3 +65,4 @@ class BenchmarkConfig:
         check(self.max_new_tokens >= 0 and self.eval_batch_size >= 0, "benchmark eval sizes must be >= 0")
         check(self.epochs >= 0, "benchmark.epochs must be >= 0")
         check(self.ds_size >= 0, "benchmark.ds_size must be >= 0")
+        check(self.leak_rows >= 0, "benchmark.leak_rows must be >= 0")

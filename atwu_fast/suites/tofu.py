@@ -81,6 +81,7 @@ class TofuSuite(RealSuite):
         ("forget_Q_A_ROUGE", "forget RL", "{:.3f}"), ("retain_Q_A_Prob", "retain prob", "{:.3f}"),
         ("retain_Q_A_ROUGE", "retain RL", "{:.3f}"), ("privleak", "privleak", "{:.2f}"),
         ("extraction_strength", "ES", "{:.3f}"), ("exact_memorization", "EM", "{:.3f}"),
+        ("leak_worst", "J_W", "{:.3f}"), ("leak_retain", "J_avg", "{:.3f}"),
         *SPAN_COLUMNS, *TRAIN_COLUMNS]
 
     def read(self, with_eval: bool = True) -> BenchmarkData:
@@ -96,4 +97,5 @@ class TofuSuite(RealSuite):
 
     def evaluate_logs(self, model, retain) -> dict:
         return evaluate_tofu(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
-                             self.max_new_tokens, retain_ref=retain, generate_text=self.bcfg.generate)
+                             self.max_new_tokens, retain_ref=retain, generate_text=self.bcfg.generate,
+                             leak_rows=self.bcfg.leak_rows if self.bcfg.leak else None)

@@ -21,7 +21,8 @@ TINY = [
     "--train.forget_batch_size", "4", "--train.retain_batch_size", "4", "--eval.eval_every", "2",
     "--eval.max_new_tokens", "6", "--eval.retain_authors", "0", "--threads", "1",
 ]
-REQUIRED = {"forget_quality", "model_utility", "forget_acc", "retain_acc", "span_auroc", "span_ap", "span_auroc_avg"}
+REQUIRED = {"forget_quality", "model_utility", "forget_acc", "retain_acc", "span_auroc", "span_ap", "span_auroc_avg",
+            "leak_paraphrase", "leak_icr", "leak_worst", "leak_retain"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,10 @@ def test_results_json_has_every_method_and_required_keys(run_dir):
         assert REQUIRED <= set(metrics), name
         assert 0.0 <= metrics["forget_quality"] <= 1.0
         assert 0.0 <= metrics["model_utility"] <= 1.0
+        for key in ("leak_paraphrase", "leak_icr", "leak_worst", "leak_retain"):
+            assert 0.0 <= metrics[key] <= 1.0, (name, key)
+        # the worst case is at least each of its parts
+        assert metrics["leak_worst"] >= max(metrics["leak_paraphrase"], metrics["leak_icr"])
     assert 0.0 <= results["atwu"]["span_auroc"] <= 1.0
     # GradDiff has no token weights: its span AUROC ranks tokens by their NLL increase (token_scores.json)
     for name in results:  # the file rounds scores to 1e-6: only pairs closer than that can tie differently
@@ -73,12 +78,14 @@ def test_outputs_model_scorer_and_resolved_config(run_dir):
 
 def test_models_are_cached_and_reused(run_dir, capsys):
     out, root = run_dir
-    assert main(TINY + ["--method", "wga", "--output-dir", str(root / "out2"), "--cache-dir", str(root / "cache")]) == 0
+    assert main(TINY + ["--method", "wga", "--output-dir", str(root / "out2"), "--cache-dir", str(root / "cache"),
+                        "--eval.leak", "false"]) == 0
     printed = capsys.readouterr().out
     assert "fine-tuning" not in printed and "training a byte-level BPE" not in printed
     first = json.loads((out / "results.json").read_text())["wga"]
     second = json.loads((root / "out2" / "results.json").read_text())["wga"]
     assert first["forget_quality"] == pytest.approx(second["forget_quality"])  # deterministic
+    assert "leak_worst" not in second and "leak_retain" not in second  # --eval.leak false
 
 
 @pytest.mark.parametrize("args, message", [

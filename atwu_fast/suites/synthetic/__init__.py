@@ -24,6 +24,8 @@ COLUMNS: list[Column] = [  # the headline metrics (docs/benchmarks.md)
     ("forget_rouge", "forget RL", "{:.3f}"),
     ("retain_rouge", "retain RL", "{:.3f}"),
     ("forget_truth_ratio", "forget TR", "{:.3f}"),
+    ("leak_worst", "J_W", "{:.3f}"),
+    ("leak_retain", "J_avg", "{:.3f}"),
     ("span_auroc", "span AUROC", "{:.3f}"),
     ("span_ap", "span AP", "{:.3f}"),
     ("span_auroc_avg", "AUROC avg", "{:.3f}"),
@@ -93,7 +95,8 @@ class SyntheticSuite(Suite):
         e = self.cfg.eval
         result = evaluate_model(model, self.tokenizer, evaluation_splits(self.splits, e.retain_authors),
                                 self.cfg.tokenizer.max_length, e.batch_size, e.max_new_tokens, e.generate,
-                                retain_forget_truth_ratios=retain.forget_truth_ratio if retain is not None else None)
+                                retain_forget_truth_ratios=retain.forget_truth_ratio if retain is not None else None,
+                                leak_rows=e.leak_rows if e.leak else None)
         return Evaluation(result.metrics, result.samples,
                           retain_reference=RetainReference(result.forget_truth_ratios, source="retain model"))
 

@@ -1,7 +1,9 @@
 """Evaluation of a model on the embedded fictitious-authors benchmark (docs/benchmarks.md definitions).
 
 Per split, teacher-forced mean answer NLLs give probabilities and truth ratios; greedy generations
-give ROUGE-L recall and answer accuracy (every fact value of the row reproduced). Forget quality is
+give ROUGE-L recall, answer accuracy (every fact value of the row reproduced) and the leak metrics
+(:mod:`atwu_fast.eval.leak`: fact values in answers to paraphrased questions and with in-context
+retain examples). Forget quality is
 the KS-test p-value between this model's and the retain model's forget truth ratios; model utility
 is the harmonic mean of the retain and general-knowledge values (this set has no separate
 real-authors/world-facts splits, so 6 values instead of TOFU's 9).
@@ -15,6 +17,7 @@ import numpy as np
 
 from ...config import check, option
 from ...data.formatting import decode_answer, encode_prompt, encode_qa
+from ...eval import leak as leak_metric
 from ...eval import metrics
 from ...methods.base import sequence_lengths, sequence_sum
 from ...model.generation import greedy_generate
@@ -31,9 +34,13 @@ class EvalConfig:
     max_new_tokens: int = option("greedy generation length", 48)
     generate: bool = option("greedy generations for ROUGE-L and accuracy", True)
     retain_authors: int = option("retain authors evaluated (TOFU's retain_perturbed holds 20; 0: all)", 20)
+    leak: bool = option("with generate: the leak metrics (leak_worst J_W, leak_paraphrase, leak_icr, leak_retain "
+                        "J_avg; docs/benchmarks.md)", True)
+    leak_rows: int = option("forget rows probed for the leak metrics (0: all)", 0)
 
     def validate(self) -> None:
         check(self.eval_every >= 0, "eval.eval_every must be >= 0")
+        check(self.leak_rows >= 0, "eval.leak_rows must be >= 0")
         check(self.retain_authors >= 0, "eval.retain_authors must be >= 0")
         check(self.batch_size >= 1 and self.max_new_tokens >= 1, "eval sizes must be >= 1")
 
@@ -70,9 +77,23 @@ def forget_extraction_strength(model, tokenizer, rows: list[dict], max_length: i
 
 
 def generations(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
-    return greedy_generate(model, tokenizer, [encode_prompt(tokenizer, r["question"]) for r in rows], max_new_tokens,
-                           batch_size, [tokenizer.eos_token_id], lambda ids: decode_answer(tokenizer, ids),
-                           lambda n, b: progress.batch_starts(n, b, "generate"))
+    return probe_generations(model, tokenizer, [(r["question"], ()) for r in rows], max_new_tokens, batch_size)
+
+
+def probe_generations(model, tokenizer, probes: list[leak_metric.Probe], max_new_tokens: int, batch_size: int,
+                      label: str = "generate") -> list[str]:
+    """Greedy answers to (question, context) probes in the plain template (context: earlier QA blocks;
+    an answer after context is cut where it starts another question)."""
+    def decode(ids: list[int]) -> str:
+        return decode_answer(tokenizer, ids)
+
+    def decode_cut(ids: list[int]) -> str:
+        return leak_metric.cut_continuation(decode_answer(tokenizer, ids))
+
+    return greedy_generate(model, tokenizer, [encode_prompt(tokenizer, q, context=c) for q, c in probes],
+                           max_new_tokens, batch_size, [tokenizer.eos_token_id],
+                           decode_cut if any(c for _, c in probes) else decode,
+                           lambda n, b: progress.batch_starts(n, b, label))
 
 
 def _generation_metrics(prefix: str, gens: list[str], rows: list[dict]) -> dict:
@@ -105,8 +126,9 @@ def evaluation_splits(splits: dict[str, list[dict]], retain_authors: int) -> dic
 
 def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: int, batch_size: int,
                    max_new_tokens: int, generate: bool = True,
-                   retain_forget_truth_ratios: np.ndarray | None = None) -> ModelEvaluation:
-    """All metrics of one model; pass :func:`evaluation_splits` to bound the retain cost."""
+                   retain_forget_truth_ratios: np.ndarray | None = None, leak_rows: int | None = 0) -> ModelEvaluation:
+    """All metrics of one model; pass :func:`evaluation_splits` to bound the retain cost. With ``generate``
+    the leak metrics on the first ``leak_rows`` forget rows (0: all; None: no leak metrics)."""
     model.eval()
     kw = {"max_length": max_length, "batch_size": batch_size}
     forget, retain, general = splits["forget"], splits["retain"], splits["general"]
@@ -137,6 +159,12 @@ def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: 
             out.update(_generation_metrics(name, gens[name], splits[name]))
         samples = [{"question": r["question"], "answer": r["answer"], "generation": g}
                    for r, g in zip(forget[:5], gens["forget"][:5])]
+        if leak_rows is not None:
+            n = leak_rows or len(forget)
+            leaks, _ = leak_metric.evaluate_leak(
+                lambda probes: probe_generations(model, tokenizer, probes, max_new_tokens, batch_size, "leak probes"),
+                forget[:n], retain, original=gens["forget"][:n], retain_rows=retain, retain_answers=gens["retain"])
+            out.update(leaks)
         utility = [out["retain_prob"], out["retain_rouge"], out["retain_truth_ratio"],
                    out["general_prob"], out["general_rouge"], out["general_truth_ratio"]]
     else:

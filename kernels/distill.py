@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import torch
 
+from .dispatch import resolve_impl
 from .transform import LogitTransform
 
 DEFAULT_DISTILL_CHUNK = 512
+DISTILL_IMPLEMENTATIONS = ("torch", "triton")
 
 
 def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -108,9 +110,15 @@ def linear_distillation(
     softcap: float | None = None,
     logit_scale: float | None = None,
     chunk_size: int = DEFAULT_DISTILL_CHUNK,
+    impl: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (loss, student NLL), each ``labels.shape``; the loss is differentiable in ``hidden``,
-    ``weight`` and ``bias`` for any upstream gradient (see the module docstring)."""
+    ``weight`` and ``bias`` for any upstream gradient (see the module docstring).
+
+    ``impl``: ``"torch"`` or ``"triton"``; ``None`` picks ``"triton"`` for CUDA tensors and
+    ``"torch"`` elsewhere, as the other ops do (:func:`atwu_kernels.dispatch.resolve_impl`; off CUDA
+    ``"triton"`` needs ``TRITON_INTERPRET=1``)."""
+    impl = resolve_impl(hidden.device, impl, DISTILL_IMPLEMENTATIONS)
     if hidden.shape != teacher_hidden.shape[:-1] + hidden.shape[-1:] or hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)}, teacher_hidden {tuple(teacher_hidden.shape)} and labels "
                          f"{tuple(labels.shape)} must have the same rows")
@@ -127,7 +135,11 @@ def linear_distillation(
         raise IndexError(f"label {int(flat[bad][0])} is out of range for a vocabulary of {vocab}")
     y = torch.where(valid, flat, torch.zeros_like(flat))
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
-    loss, nll = _LinearDistillation.apply(
+    if impl == "torch":
+        function = _LinearDistillation
+    else:
+        from .triton_distill import LinearDistillationTriton as function  # lazy: no Triton import on the torch path
+    loss, nll = function.apply(
         hidden.reshape(-1, hidden.shape[-1]).to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
         teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach().to(teacher_weight.dtype), teacher_weight.detach(),
         None if teacher_bias is None else teacher_bias.detach(), y, valid.float(), float(shift),

@@ -200,8 +200,9 @@ class LinearDistillationTriton(torch.autograd.Function):
     """The Triton twin of :class:`atwu_kernels.distill._LinearDistillation` (same arguments)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, valid, shift,
-                transform, chunk):
+    def forward(
+        ctx, hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, valid, shift, transform, chunk
+    ):
         n = hidden.shape[0]
         device = hidden.device
         loss, nll, lse_z, lse_q = (torch.zeros(n, dtype=torch.float32, device=device) for _ in range(4))
@@ -211,25 +212,29 @@ class LinearDistillationTriton(torch.autograd.Function):
                 z = _logits(hidden[rows], weight, bias)
                 u = _logits(teacher_hidden[rows], teacher_weight, teacher_bias)
                 lse_z[rows], lse_q[rows], loss[rows], nll[rows] = run_distill_rows(
-                    z, u, labels[rows], valid[rows], transform, shift)
+                    z, u, labels[rows], valid[rows], transform, shift
+                )
                 del z, u
-        ctx.save_for_backward(hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, valid,
-                              lse_z, lse_q)
+        ctx.save_for_backward(
+            hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, valid, lse_z, lse_q
+        )
         ctx.shift, ctx.transform, ctx.chunk = shift, transform, chunk
         ctx.mark_non_differentiable(nll)
         return loss, nll
 
     @staticmethod
     def backward(ctx, grad_loss, grad_nll):
-        (hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, valid, lse_z,
-         lse_q) = ctx.saved_tensors
+        (hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, valid, lse_z, lse_q) = (
+            ctx.saved_tensors
+        )
         chunk = ctx.chunk
         n = hidden.shape[0]
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         need_b = need_b and bias is not None
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = WeightGradAccumulator(weight.shape, weight.device, weight.dtype, math.ceil(n / chunk)) \
-            if need_w else None
+        grad_w = (
+            WeightGradAccumulator(weight.shape, weight.device, weight.dtype, math.ceil(n / chunk)) if need_w else None
+        )
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         coeff = grad_loss.float() * valid
         with torch.no_grad():
@@ -238,8 +243,16 @@ class LinearDistillationTriton(torch.autograd.Function):
                     rows = slice(lo, lo + chunk)
                     g = _logits(hidden[rows], weight, bias)
                     u = _logits(teacher_hidden[rows], teacher_weight, teacher_bias)
-                    run_distill_rows(g, u, labels[rows], valid[rows], ctx.transform, ctx.shift,
-                                     lse=(lse_z[rows], lse_q[rows]), coeff=coeff[rows].contiguous())
+                    run_distill_rows(
+                        g,
+                        u,
+                        labels[rows],
+                        valid[rows],
+                        ctx.transform,
+                        ctx.shift,
+                        lse=(lse_z[rows], lse_q[rows]),
+                        coeff=coeff[rows].contiguous(),
+                    )
                     del u  # g now holds ∂/∂z
                     if need_h:
                         hidden_grad_into(grad_h[rows], g, weight)
@@ -248,5 +261,16 @@ class LinearDistillationTriton(torch.autograd.Function):
                     if need_b:
                         grad_b.add_(g.sum(0, dtype=torch.float32))
                     del g
-        return (grad_h, None if grad_w is None else grad_w.result(),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None, None, None, None)
+        return (
+            grad_h,
+            None if grad_w is None else grad_w.result(),
+            None if grad_b is None else grad_b.to(bias.dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )

@@ -22,9 +22,9 @@ logit: FLOPs ``12·N·D·V`` (forward: two logits GEMMs, ``4·N·D·V``; backwar
 ``dH`` and ``dW``, ``8·N·D·V``); logits bytes ``11·N·V·s`` — forward: two GEMM writes, one kernel
 read of each (``4·N·V·s``); backward: two GEMM writes, kernel reads of both and the write of ``G``,
 the ``dH``/``dW`` GEMMs' reads of ``G`` (``7·N·V·s``). Outside the GEMMs (bandwidth-bound, the row
-kernel): ``5·N·V·s`` (forward 2, backward 3). At N=4096, V=128256, bf16: 5.3 GB ≈ 1.25 ms at
-4.2 TB/s beside 50 ms of GEMMs at 700 TFLOP/s (D=4096). The torch path does the same GEMMs but its
-row work is ~10 PyTorch element-wise passes over fp32 ``C × V`` temporaries per chunk.
+kernel): ``5·N·V·s`` (forward 2, backward 3). At N=4096, V=128256, bf16: 5.3 GB ≈ 1.3 ms at
+4.2 TB/s beside ≈ 37 ms of GEMMs at 700 TFLOP/s (D=4096). The torch path does the same GEMMs; its
+row work moves ≈ 78 GB (:mod:`atwu_kernels.distill` tabulates both). Not yet timed on a GPU.
 
 Interpreter rules as in :mod:`atwu_kernels.triton_impl` (loads upcast to fp32 right after
 ``tl.load``, tanh as ``2σ(2x) − 1``, float scalars only multiplied, int64 offsets, sizes not
@@ -41,6 +41,7 @@ import triton.language as tl
 
 from .dispatch import triton_interpreting
 from .gemm_accumulate import WeightGradAccumulator, hidden_grad_into
+from .inputs import no_autocast
 from .transform import LogitTransform
 from .triton_impl import transformed
 
@@ -136,7 +137,9 @@ def _distill_rows_kernel(
 
 
 # (BLOCK_R, BLOCK_V, num_warps) on a GPU: two operands per tile, so half the columns of
-# triton_impl.GPU_ROW_TILES for the same 32 fp32 values per thread per operand. Not yet timed.
+# triton_impl.GPU_ROW_TILES for the same 32 fp32 values per thread per operand. ptxas (sm_90,
+# soft cap, bf16): 178 registers for the statistics pass, 91 for the gradient pass, no spills;
+# 2048 columns would take 245. Not yet timed.
 GPU_DISTILL_TILES = (4, 1024, 8)
 
 
@@ -197,7 +200,11 @@ def _logits(h, weight, bias):
 
 
 class LinearDistillationTriton(torch.autograd.Function):
-    """The Triton twin of :class:`atwu_kernels.distill._LinearDistillation` (same arguments)."""
+    """The Triton twin of :class:`atwu_kernels.distill._LinearDistillation` (same arguments).
+
+    Both passes run with autocast disabled, in the dtypes :func:`~atwu_kernels.distill.linear_distillation`
+    cast the operands to: the backward's gradient uses the forward's ``lse``, so its recomputed logits
+    must be the forward's, whatever autocast state the backward runs in."""
 
     @staticmethod
     def forward(
@@ -206,7 +213,7 @@ class LinearDistillationTriton(torch.autograd.Function):
         n = hidden.shape[0]
         device = hidden.device
         loss, nll, lse_z, lse_q = (torch.zeros(n, dtype=torch.float32, device=device) for _ in range(4))
-        with torch.no_grad():
+        with torch.no_grad(), no_autocast(device):
             for lo in range(0, n, chunk):
                 rows = slice(lo, lo + chunk)
                 z = _logits(hidden[rows], weight, bias)
@@ -237,7 +244,8 @@ class LinearDistillationTriton(torch.autograd.Function):
         )
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         coeff = grad_loss.float() * valid
-        with torch.no_grad():
+        device = hidden.device
+        with torch.no_grad(), no_autocast(device):
             if need_h or need_w or need_b:
                 for lo in range(0, n, chunk):
                     rows = slice(lo, lo + chunk)

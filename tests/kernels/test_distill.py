@@ -232,6 +232,21 @@ def test_no_grad_and_the_default_backend(impl):
         assert torch.equal(again.detach(), loss) and torch.equal(again_nll, nll)
 
 
+@NEEDS_TRITON
+def test_triton_runs_outside_autocast():
+    """Its backward reuses the forward's log-sum-exps, so both recompute the logits in the same dtype:
+    under autocast the result is the one without it, forward and backward."""
+    pr = problem(6, 5, 20, seed=3, bias=False)
+    h, w, _, th, tw, _, y = pr["fp32"]
+    results = []
+    for enabled in (False, True):
+        with torch.autocast(_dev().type, dtype=torch.bfloat16, enabled=enabled):
+            loss, _ = linear_distillation(h, w, th, tw, y, shift=2.0, impl="triton")
+            results.append((loss, *torch.autograd.grad(loss.sum(), [h, w])))
+    for a, e in zip(*results):
+        assert a.dtype == e.dtype == torch.float32 and torch.equal(a, e)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bad_labels_are_refused(impl):
     h, w = torch.randn(3, 4, device=_dev()), torch.randn(5, 4, device=_dev())

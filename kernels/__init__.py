@@ -5,6 +5,7 @@ Public API:
 * :func:`linear_token_nll` — per-token NLL of ``hidden @ weightᵀ`` with any upstream gradient.
 * :func:`weighted_linear_cross_entropy` — cross-entropy with arbitrary per-token weights.
 * :func:`atwu_head` — the fused ATWU head (model loss + NLL + scores + scorer gradient).
+* :func:`linear_distillation` — cross-entropy against a teacher head's (adjusted) softmax (UNDIAL).
 
 Backends (``impl=``, see :mod:`atwu_kernels.dispatch`): ``"torch"`` (CPU default), ``"triton"``
 (cuBLAS GEMMs + a Triton row kernel; CUDA default), ``"triton_fused"`` (Triton GEMMs with the
@@ -13,6 +14,7 @@ softmax in their epilogue/prologue). The Triton ones run on CPU under ``TRITON_I
 
 from .coefficients import atwu_token_coefficients
 from .dispatch import IMPLEMENTATIONS
+from .distill import linear_distillation
 from .head import AtwuHeadOutput, atwu_head, scorer_scores
 from .ops import DEFAULT_CHUNK_SIZE, auto_chunk_size, linear_token_nll, weighted_linear_cross_entropy
 from .transform import LogitTransform
@@ -25,6 +27,7 @@ __all__ = [
     "atwu_head",
     "atwu_token_coefficients",
     "auto_chunk_size",
+    "linear_distillation",
     "linear_token_nll",
     "scorer_scores",
     "weighted_linear_cross_entropy",

@@ -55,16 +55,22 @@ def _triton_backend(name: str) -> Backend:
     return Backend(name, sweep, triton_scorer.scorer_scores, triton_scorer.scorer_row_sum)
 
 
-def backend_for(device: torch.device, impl: str | None):
-    """Backend object for ``impl`` (``None`` = ``"triton"`` on CUDA, ``"torch"`` otherwise)."""
+def resolve_impl(device: torch.device, impl: str | None, choices: tuple[str, ...] = IMPLEMENTATIONS) -> str:
+    """The backend name for ``impl`` on ``device`` (``None`` = ``"triton"`` on CUDA, ``"torch"``
+    otherwise), checked against ``choices`` (the backends an op has) and, for a Triton one off CUDA,
+    against the interpreter being on. Every op with an ``impl=`` argument goes through here."""
     if impl is None:
         impl = "triton" if device.type == "cuda" else "torch"
-    if impl == "torch":
-        return TORCH
-    if impl in IMPLEMENTATIONS:
-        if device.type != "cuda" and not triton_interpreting():
-            raise ValueError(
-                f"impl={impl!r} on a non-CUDA tensor needs TRITON_INTERPRET=1 set before atwu_kernels is imported"
-            )
-        return _triton_backend(impl)
-    raise ValueError(f"impl must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
+    if impl not in choices:
+        raise ValueError(f"impl must be one of {choices} or None, got {impl!r}")
+    if impl != "torch" and device.type != "cuda" and not triton_interpreting():
+        raise ValueError(
+            f"impl={impl!r} on a non-CUDA tensor needs TRITON_INTERPRET=1 set before atwu_kernels is imported"
+        )
+    return impl
+
+
+def backend_for(device: torch.device, impl: str | None):
+    """Backend object for ``impl`` (``None`` = ``"triton"`` on CUDA, ``"torch"`` otherwise)."""
+    impl = resolve_impl(device, impl)
+    return TORCH if impl == "torch" else _triton_backend(impl)

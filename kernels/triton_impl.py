@@ -31,7 +31,7 @@ from .coefficients import FORGET, RETAIN, AtwuCoefficients
 from .dispatch import triton_interpreting
 from .transform import LogitTransform
 
-NEG_BIG = -1.0e30
+NEG_BIG = tl.constexpr(-1.0e30)  # compiled kernels may read only constexpr globals
 COEFF_NONE, COEFF_GIVEN, COEFF_ATWU = 0, 1, 2
 
 

@@ -397,11 +397,17 @@ def _grad_weight_kernel(
 # prologue recompute at D/256 per element), operand tiles ≤ 32 KB per stage. The interpreter's cost
 # is per program, so it gets big tiles; the tests also run the GPU tiles under it.
 GPU_TILES = dict(BM=128, P=128, BK=64, BN=64, BD=256, BM_W=64, warps=8, stages=3)
+# fp32 operands take twice the shared memory per tile: GPU_TILES would ask for up to 289 KB per
+# block (dH, TF32), beyond sm_90's 227 KB and sm_80's 163 KB, and be refused at launch. Half the K
+# and D tiles and two stages: ≤ 128 KB (ptxas/Triton figures in tests/kernels/test_kernels_compile.py).
+GPU_TILES_FP32 = dict(BM=128, P=128, BK=32, BN=64, BD=128, BM_W=64, warps=8, stages=2)
 INTERPRETER_TILES = dict(BM=64, P=128, BK=64, BN=64, BD=64, BM_W=64, warps=4, stages=1)
 
 
-def _configs() -> dict:
-    return INTERPRETER_TILES if triton_interpreting() else GPU_TILES
+def _configs(dtype: torch.dtype = torch.bfloat16) -> dict:
+    if triton_interpreting():
+        return INTERPRETER_TILES
+    return GPU_TILES_FP32 if dtype == torch.float32 else GPU_TILES
 
 
 def _dot_precision(dtype: torch.dtype) -> str | None:
@@ -442,7 +448,7 @@ def sweep(
     grad_dtypes: tuple[torch.dtype, torch.dtype] | None = None,
 ) -> SweepResult:
     """Same contract as :func:`atwu_kernels.chunked.sweep`, on the fused Triton GEMMs."""
-    cfg = _configs()
+    cfg = _configs(hidden.dtype)
     n_rows, dim = hidden.shape
     vocab = weight.shape[0]
     device = hidden.device

@@ -22,11 +22,12 @@ from helpers import (
 pytestmark = pytest.mark.skipif(not triton_available(), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
-@pytest.fixture
-def gpu_tiles(monkeypatch):
+@pytest.fixture(params=["GPU_TILES", "GPU_TILES_FP32"])
+def gpu_tiles(monkeypatch, request):
+    """The GPU tiles under the interpreter: the fused path's 16-bit tiles, then its fp32 tiles."""
     from atwu_kernels import triton_fused, triton_impl
 
-    monkeypatch.setattr(triton_fused, "_configs", lambda: triton_fused.GPU_TILES)
+    monkeypatch.setattr(triton_fused, "_configs", lambda dtype=None: getattr(triton_fused, request.param))
     monkeypatch.setattr(triton_impl, "_blocks", lambda n_cols: triton_impl.GPU_ROW_TILES)
 
 

@@ -20,6 +20,7 @@ TINY = [
     "--pretrain.max_steps", "25", "--pretrain.min_steps", "1", "--train.steps", "4",
     "--train.forget_batch_size", "4", "--train.retain_batch_size", "4", "--eval.eval_every", "2",
     "--eval.max_new_tokens", "6", "--eval.retain_authors", "0", "--threads", "1",
+    "--tuned", "false",  # fixed hyper-parameters, in process and in subprocesses alike (test_tuned_defaults: the other path)
 ]
 REQUIRED = {"forget_quality", "model_utility", "forget_acc", "retain_acc", "span_auroc", "span_ap", "span_auroc_avg",
             "leak_paraphrase", "leak_icr", "leak_worst", "leak_retain"}

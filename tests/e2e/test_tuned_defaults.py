@@ -5,12 +5,13 @@ import json
 
 import pytest
 import yaml
-from test_cli import TINY  # tests/e2e is on sys.path
+from test_cli import TINY as FIXED  # tests/e2e is on sys.path
 
 from atwu_fast.suites.synthetic import SyntheticSuite
 from atwu_fast.unlearn.__main__ import main
 
 pytestmark = pytest.mark.slow
+TINY = FIXED + ["--tuned", "true"]  # later flags win
 
 
 @pytest.fixture

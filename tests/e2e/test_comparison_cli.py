@@ -20,7 +20,10 @@ def test_new_methods_and_plug_ins_write_rows_and_reports(tmp_path):
     for name in NEW:
         assert 0.0 <= results[name]["forget_quality"] <= 1.0 and results[name]["model_utility"] >= 0.0
         assert (out / name / "metrics.json").is_file() and (out / name / "token_scores.json").is_file()
-    assert results["npo+atwu"]["span_auroc"] is not None and results["rmu"]["span_auroc"] is None
+    assert results["npo+atwu"]["span_auroc"] is not None
+    # RMU computes no token weights: its tokens are ranked by their NLL increase, like every such method
+    assert results["rmu"]["span_auroc"] == results["rmu"]["span_auroc_delta"] is not None
+    assert json.loads((out / "rmu" / "token_scores.json").read_text())["score_key"] == "nll_delta"
     assert results["seul"]["span_auroc"] is not None  # its mask is its token weight
     assert (out / "npo+atwu" / "scorer.safetensors").is_file()
     report = (out / "report.html").read_text()

@@ -31,11 +31,27 @@ import torch
 
 from atwu_fast.config.options import merge, set_dotted
 from atwu_fast.data.io import atomic_write_text
+from atwu_fast.methods import METHODS
 from atwu_fast.unlearn.experiment import ExperimentConfig
 
 # --------------------------------------------------------------------------- grids
 
 QUICK = {"eval.generate": False}  # forget/retain accuracy and ROUGE need generation; FQ and MU do not
+TUNED = "tuned"  # a grid learning rate meaning: each method's tuned values on the benchmark (its lr among them)
+
+
+def log10(value):
+    return None if value is None else math.log10(max(float(value), 1e-300))
+
+
+METRIC_COLUMNS = [
+    ("log10 FQ", lambda m: log10(m.get("forget_quality"))),
+    ("MU", lambda m: m.get("model_utility")),
+    ("AUROC end", lambda m: m.get("span_auroc")),
+    ("AUROC avg", lambda m: m.get("span_auroc_avg")),
+    ("AP end", lambda m: m.get("span_ap")),
+    ("AUROC all-facts end", lambda m: m.get("span_auroc_all")),
+]
 
 
 SYNTHETIC_SEEDS = ("data.seed", "model.seed", "train.seed")  # a fresh data set, model pair and batch order
@@ -54,6 +70,8 @@ class Grid:
     more_baselines: tuple[str, ...] = ()  # further labels to pair against (one set of tables each)
     seed_keys: tuple[str, ...] = SYNTHETIC_SEEDS  # the options a seed sets
     levels: tuple[float, ...] = FRONTIER_LEVELS  # log10 FQ levels of the equal-forget-quality tables
+    columns: list = None  # the per-lr table's (name, metric) columns (default METRIC_COLUMNS)
+    intervals: bool = False  # per-lr cells as mean [95 % t-interval] instead of mean ± std
 
     @property
     def baselines(self) -> list[str]:
@@ -137,6 +155,7 @@ LOGFIT_ABLATIONS = [
 # TOFU's whole protocol at laptop scale (--model tiny, docs/tofu_study.md): the real TOFU data, a fresh tiny
 # target/retain pair per seed (tiny.model.seed), no generation (model utility from the 6 probability and
 # truth-ratio values), every method, the ATWU variants, the frozen control and the target-word hard mask.
+# Learning rates from the shared default up: 1e-3 x 60 steps barely forgets here (the README's --methods all table).
 TOFU_TINY = {"benchmark.name": "tofu", "benchmark.data_dir": "data/tofu", "benchmark.model": "tiny",  # see --tofu-dir
              "benchmark.generate": False}
 TOFU_METHODS = [
@@ -146,6 +165,12 @@ TOFU_METHODS = [
     ("grad_ascent", "grad_ascent", {}), ("grad_diff", "grad_diff", {}), ("npo", "npo", {}), ("simnpo", "simnpo", {}),
 ]
 TOFU_LEVELS = (-20.0, -15.0, -12.0, -10.0, -8.0, -6.0, -4.0, -3.0, -2.0)
+
+# The comparison of tuned methods: every registered method and plug-in, on the fresh seeds the tune command
+# re-evaluates on (its --tune.eval_seeds default), with the leak metric (it needs generation).
+COMPARED = [name for name in METHODS]
+COMPARE_COLUMNS = [*METRIC_COLUMNS[:2], ("J_W", lambda m: m.get("leak_worst")),
+                   ("J_avg", lambda m: m.get("leak_retain")), ("span AUROC", METRIC_COLUMNS[2][1])]
 
 GRIDS: dict[str, Grid] = {
     "headline": Grid(MAIN + [c for c in CONTROLS if c[1] != "wga"], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2],
@@ -185,12 +210,17 @@ GRIDS: dict[str, Grid] = {
                    doc="atwu_logfit, the frozen control and two hard-mask oracles vs faithful ATWU, paired per "
                        "seed: 8 model/data seeds (0-7) at five learning rates, the test of 'unlearns at least as "
                        "well'"),
-    "tofu": Grid(TOFU_METHODS, lrs=[3e-4, 1e-3, 3e-3], seeds=[0, 1, 2], base=TOFU_TINY,
+    "tofu": Grid(TOFU_METHODS, lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2], base=TOFU_TINY,
                  seed_keys=("tiny.model.seed", "train.seed"), baseline="grad_diff", more_baselines=("npo", "simnpo"),
                  levels=TOFU_LEVELS,
                  doc="laptop-scale TOFU (real data, forget10, tiny models fine-tuned per seed): every method, the "
                      "ATWU variants, the frozen control and the target-word hard mask, paired against the "
                      "sample-level methods"),
+    "compare": Grid([(name, name, {}) for name in COMPARED], lrs=[TUNED], seeds=[0, 2, 3, 4, 5, 6, 7, 8],
+                    base={"eval.generate": True}, columns=COMPARE_COLUMNS, intervals=True,
+                    doc="every method at its shipped tuned values (package defaults where none are tuned) on "
+                        "the embedded benchmark, 8 fresh seeds (none a tuning seed), with generation: the "
+                        "comparison table"),
     "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
                   lrs=[1e-3], seeds=[0], base={**QUICK, "train.steps": 3},
                   doc="a seconds-long check of the machinery"),
@@ -207,8 +237,23 @@ def dotted_to_nested(overrides: dict) -> dict:
     return nested
 
 
-def run_key(variant: str, seed: int, lr: float, label: str) -> str:
-    return f"{variant}|{seed}|{lr:g}|{label}"
+def lr_text(lr: float | str) -> str:
+    return lr if lr == TUNED else f"{lr:g}"
+
+
+def run_key(variant: str, seed: int, lr: float | str, label: str) -> str:
+    return f"{variant}|{seed}|{lr_text(lr)}|{label}"
+
+
+def run_config(cfg, suite, method: str, over: dict, lr: float | str, where: str):
+    """One run's config: ``cfg`` with the entry's overrides and learning rate, or with ``lr`` = TUNED the
+    method's tuned values on the benchmark (every override, the grid's base and the entry's, wins)."""
+    if lr != TUNED:
+        return merge(cfg, dotted_to_nested({**over, "train.lr": lr}), where=where), {}
+    from atwu_fast.unlearn.driver import with_tuned
+
+    run_cfg = merge(cfg, dotted_to_nested(over), where=where)
+    return with_tuned(run_cfg, suite, method, frozenset(over))
 
 
 def seed_overrides(seed: int, keys: tuple[str, ...] = SYNTHETIC_SEEDS) -> dict:
@@ -264,7 +309,7 @@ def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int,
                 runs[ref_key] = append(runs_path, {"key": ref_key, "variant": variant, "seed": seed, "lr": 0.0,
                                                    "label": "__reference__", "reference": reference})
             for lr, (label, method, over) in todo:
-                run_cfg = merge(cfg, dotted_to_nested({**over, "train.lr": lr}), where=label)
+                run_cfg, tuned = run_config(cfg, suite, method, over, lr, label)
                 t0 = time.perf_counter()
                 run_dir = scratch / f"run{len(runs)}"
                 metrics = run_method(method, Run(run_cfg, suite, run_dir, retain=shared.retain, quiet=True))
@@ -272,8 +317,8 @@ def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int,
                 key = run_key(variant, seed, lr, label)
                 runs[key] = append(runs_path, {"key": key, "variant": variant, "seed": seed, "lr": lr,
                                                "label": label, "method": method, "overrides": over,
-                                               "metrics": metrics})
-                log(f"{variant} seed {seed} lr {lr:g} {label}: FQ {metrics['forget_quality']:.2e} "
+                                               "tuned": tuned, "metrics": metrics})
+                log(f"{variant} seed {seed} lr {lr_text(lr)} {label}: FQ {metrics['forget_quality']:.2e} "
                     f"MU {metrics['model_utility']:.3f} AUROC end {fmt(metrics.get('span_auroc'))} "
                     f"avg {fmt(metrics.get('span_auroc_avg'))}  ({time.perf_counter() - t0:.0f}s)")
     finally:
@@ -313,23 +358,34 @@ def mean_std(values: list) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
 
 
-def log10(value):
-    return None if value is None else math.log10(max(float(value), 1e-300))
+def t_half_width(values: list[float]) -> float:
+    """Half-width of the mean's 95 % t-interval: t(0.975, n−1) · s / √n (n ≥ 2)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, len(values) - 1)) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
 
 
-METRIC_COLUMNS = [
-    ("log10 FQ", lambda m: log10(m.get("forget_quality"))),
-    ("MU", lambda m: m.get("model_utility")),
-    ("AUROC end", lambda m: m.get("span_auroc")),
-    ("AUROC avg", lambda m: m.get("span_auroc_avg")),
-    ("AP end", lambda m: m.get("span_ap")),
-    ("AUROC all-facts end", lambda m: m.get("span_auroc_all")),
-]
+def mean_interval(values: list) -> str:
+    """Mean and its 95 % t-interval over seeds, ``mean [lo, hi]`` (the value alone for one seed)."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if len(vals) < 2:
+        return mean_std(vals)
+    mean, half = float(np.mean(vals)), t_half_width(vals)
+    return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+
+
+def tuned_text(values: dict | None) -> str:
+    """The tuned values a run used, compactly (``defaults`` when the method has none on the benchmark)."""
+    if not values:
+        return "defaults"
+    return ", ".join(f"{k.split('.')[-1]} {v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
+                     for k, v in sorted(values.items()))
 
 
 def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
     lines = [f"# Sweep `{name}`", "", grid.doc, "",
-             f"Seeds (data.seed = model.seed = train.seed): {grid.seeds}; mean ± sample std over seeds "
+             f"Seeds ({' = '.join(grid.seed_keys)}): {grid.seeds}; "
+             f"{'mean [95 % t-interval]' if grid.intervals else 'mean ± sample std'} over seeds "
              f"(n = {len(grid.seeds)}). Base overrides: `{grid.base}`. Span AUROC/AP: learned (or fixed) token "
              "weights vs author-unique fact tokens of the forget set (AUROC all-facts: vs every fact token); "
              "'end' after the last step, 'avg' the mean over the evaluation checkpoints.", ""]
@@ -352,16 +408,20 @@ def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
                 lines.append(f"{model}: MU {mean_std([v.get('model_utility') for v in vals])}, log10 FQ "
                              f"{mean_std([log10(v.get('forget_quality')) for v in vals])}")
             lines.append("")
+        columns = grid.columns or METRIC_COLUMNS
+        summary = mean_interval if grid.intervals else mean_std
         for lr in grid.lrs:
-            lines += [f"### lr {lr:g}", "", "| method | n | " + " | ".join(c for c, _ in METRIC_COLUMNS) + " |",
-                      "|---|---|" + "---|" * len(METRIC_COLUMNS)]
+            tuned = lr == TUNED
+            lines += [f"### lr {lr_text(lr)}", "", "| method | n | " + ("tuned values | " if tuned else "") +
+                      " | ".join(c for c, _ in columns) + " |", "|---|---|" + "---|" * (len(columns) + tuned)]
             for label, _, _ in grid.methods:
-                rows = [runs.get(run_key(variant, s, lr, label)) for s in grid.seeds]
-                rows = [r["metrics"] for r in rows if r]
-                if not rows:
+                found = [r for r in (runs.get(run_key(variant, s, lr, label)) for s in grid.seeds) if r]
+                if not found:
                     continue
-                cells = [mean_std([f(m) for m in rows]) for _, f in METRIC_COLUMNS]
-                lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")
+                cells = [summary([f(r["metrics"]) for r in found]) for _, f in columns]
+                if tuned:
+                    cells.insert(0, tuned_text(found[0].get("tuned")))
+                lines.append(f"| {label} | {len(found)} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
 
@@ -369,14 +429,10 @@ def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
 def paired_deltas(base: list, other: list) -> tuple[float, float, float, int] | None:
     """Mean, sample std and 95 % t-interval half-width of the per-seed differences other − base,
     and how many are ≥ 0 (``None`` with fewer than two complete pairs)."""
-    from scipy import stats
-
     deltas = [o - b for b, o in zip(base, other) if b is not None and o is not None]
     if len(deltas) < 2:
         return None
-    std = float(np.std(deltas, ddof=1))
-    half = float(stats.t.ppf(0.975, len(deltas) - 1)) * std / math.sqrt(len(deltas))
-    return float(np.mean(deltas)), std, half, sum(d >= 0 for d in deltas)
+    return float(np.mean(deltas)), float(np.std(deltas, ddof=1)), t_half_width(deltas), sum(d >= 0 for d in deltas)
 
 
 def delta_cell(d, digits: int = 3) -> list[str]:
@@ -415,7 +471,7 @@ def paired_tables(grid: Grid, runs: dict[str, dict], baseline: str | None = None
                 for _, f in PAIRED_COLUMNS:
                     d = paired_deltas([f(b) for b, _ in pairs], [f(r) for _, r in pairs])
                     cells += delta_cell(d) + ["-" if d is None else f"{d[3]}/{len(pairs)}"]
-                lines.append(f"| {lr:g} | {label} | {len(pairs)} | " + " | ".join(cells) + " |")
+                lines.append(f"| {lr_text(lr)} | {label} | {len(pairs)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -27,11 +27,58 @@ def test_every_grid_entry_is_a_valid_config(name):
                 assert getattr(node, name) == seed, key
             assert "train.seed" in grid.seed_keys and any(k.endswith("model.seed") for k in grid.seed_keys)
             assert set(grid.baselines) <= set(labels)
-            for _label, method, over in grid.methods:
+            for label, method, over in grid.methods:
                 assert method in METHODS
                 for lr in grid.lrs:
-                    cfg = merge(base, sweep.dotted_to_nested({**over, "train.lr": lr}))
-                    assert cfg.train.lr == lr
+                    cfg, _ = sweep.run_config(base, NoTunedValues(), method, over, lr, label)
+                    assert cfg.train.lr == (base.train.lr if lr == sweep.TUNED else lr)
+
+
+class NoTunedValues:
+    def tuned(self):
+        return {}
+
+
+class TunedValues:
+    def tuned(self):
+        return {"wga": {"train.lr": 0.02, "wga.beta": 3.0, "wga.gamma": 0.5}}
+
+
+def test_tuned_runs_take_the_methods_tuned_values_and_every_override_wins():
+    base = merge(ExperimentConfig(), sweep.dotted_to_nested({"eval.generate": True}))
+    cfg, used = sweep.run_config(base, TunedValues(), "wga", {"wga.beta": 1.5}, sweep.TUNED, "wga")
+    assert (cfg.train.lr, cfg.wga.beta, cfg.wga.gamma, cfg.eval.generate) == (0.02, 1.5, 0.5, True)
+    assert used == {"train.lr": 0.02, "wga.gamma": 0.5}
+    cfg, used = sweep.run_config(base, TunedValues(), "npo", {}, sweep.TUNED, "npo")  # nothing tuned: defaults
+    assert used == {} and cfg.train.lr == ExperimentConfig().train.lr
+    cfg, used = sweep.run_config(base, TunedValues(), "wga", {}, 3e-3, "wga")  # a grid lr: no tuned values
+    assert used == {} and (cfg.train.lr, cfg.wga.beta) == (3e-3, ExperimentConfig().wga.beta)
+
+
+def test_compare_grid_is_every_method_on_the_tune_commands_fresh_seeds():
+    from atwu_fast.tune.config import TuneOptions
+
+    grid = sweep.GRIDS["compare"]
+    assert [method for _, method, _ in grid.methods] == list(METHODS)
+    assert grid.lrs == [sweep.TUNED] and grid.intervals
+    assert grid.seeds == TuneOptions().eval_seeds and not set(grid.seeds) & set(TuneOptions().seeds)
+    assert merge(ExperimentConfig(), sweep.dotted_to_nested(grid.base)).eval.generate  # J_W needs answers
+    assert {"J_W", "J_avg"} <= {name for name, _ in grid.columns}
+
+
+def test_interval_tables_show_the_95_percent_t_interval_and_the_tuned_values():
+    grid = sweep.Grid([("w", "wga", {}), ("n", "npo", {})], lrs=[sweep.TUNED], seeds=[0, 1],
+                      columns=[("MU", lambda m: m["model_utility"])], intervals=True)
+    runs = {}
+    for seed, mu in ((0, 0.6), (1, 0.8)):
+        runs[sweep.run_key("default", seed, sweep.TUNED, "w")] = {
+            "tuned": {"train.lr": 0.0153, "wga.beta": 2}, "metrics": {"model_utility": mu}}
+        runs[sweep.run_key("default", seed, sweep.TUNED, "n")] = {"tuned": {}, "metrics": {"model_utility": 0.5}}
+    text = sweep.tables("t", grid, runs)
+    # n = 2: half-width t(0.975, 1) · s / √2 = 12.706 · 0.1414 / 1.414 = 1.271
+    assert "| w | 2 | lr 0.0153, beta 2 | 0.700 [-0.571, 1.971] |" in text
+    assert "| n | 2 | defaults | 0.500 [0.500, 0.500] |" in text
+    assert "mean [95 % t-interval]" in text
 
 
 def test_mean_std_and_tables():

@@ -145,6 +145,10 @@ class Suite:
         """Dotted config overrides of one seed of a study (by default the unlearning seed alone)."""
         return {"train.seed": seed}
 
+    def quick_overrides(self) -> dict:
+        """Dotted config overrides of a faster, likelihood-only evaluation for search trials (none by default)."""
+        return {}
+
     def tuned(self) -> dict[str, dict]:
         """Method name → dotted config values tuned on this benchmark (``python -m atwu_fast.tune``)."""
         if self.tuned_file is None or not self.tuned_file.is_file():

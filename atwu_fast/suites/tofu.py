@@ -84,6 +84,9 @@ class TofuSuite(RealSuite):
         ("leak_worst", "J_W", "{:.3f}"), ("leak_retain", "J_avg", "{:.3f}"),
         *SPAN_COLUMNS, *TRAIN_COLUMNS]
 
+    def quick_overrides(self) -> dict:
+        return {"benchmark.generate": False}
+
     def read(self, with_eval: bool = True) -> BenchmarkData:
         return load_tofu_sets(self.bcfg.data_dir or HUB_ID, self.bcfg.split, self.bcfg.spans_file, with_eval)
 

@@ -160,6 +160,11 @@ class TinyTofuSuite(TofuSuite):
         log(f"tofu (tiny): both models learn {len(data.info['retain_authors'])} retain authors ({len(data.retain)} "
             f"rows) and {len(general)} general rows, the target also the {len(data.forget)} forget rows")
 
+    def seed_overrides(self, seed: int) -> dict:
+        """A seed is a fresh tiny target/retain pair (initialisation) and a fresh unlearning order; each pair is
+        fine-tuned once and cached."""
+        return {"tiny.model.seed": seed, "train.seed": seed}
+
     @property
     def max_positions(self) -> int:
         return tiny_positions(self.bcfg)

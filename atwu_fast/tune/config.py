@@ -24,7 +24,7 @@ class TuneOptions:
     eval_seeds: list[int] = option("fresh seeds the best setting is re-evaluated on (with generation)",
                                    factory=lambda: [0, 2, 3, 4, 5, 6, 7, 8])
     quick: bool = option("trials evaluate without generation (forget quality and model utility from likelihoods "
-                         "only; the embedded benchmark)", True)
+                         "only; the embedded benchmark and TOFU)", True)
     storage: str = option("Optuna storage (default: sqlite:///<output-dir>/study.db): rerun to resume", "")
     study: str = option("study name (default: <benchmark>-<method>)", "")
     sampler_seed: int = option("TPE sampler seed", 0)

@@ -27,8 +27,6 @@ from ..suites import make_suite
 from ..train.trainer import DivergenceError
 from ..unlearn.driver import RETAIN_MODEL, Run, prepare, reference_rows, run_method
 
-QUICK = {"eval.generate": False}  # the embedded benchmark's likelihood-only evaluation
-
 
 def nested(values: dict) -> dict:
     out: dict = {}
@@ -85,7 +83,7 @@ class Tuner:
         key = (seed, quick)
         if key not in self.contexts:
             probe = make_suite(self.cfg)
-            overrides = {**probe.seed_overrides(seed), **(QUICK if quick and probe.name == "synthetic" else {})}
+            overrides = {**probe.seed_overrides(seed), **(probe.quick_overrides() if quick else {})}
             cfg = merge(self.cfg, nested(overrides), where=f"seed {seed}")
             suite = make_suite(cfg)
             prepare(suite, SINGLE, lambda m: self.log(f"  {m}"))

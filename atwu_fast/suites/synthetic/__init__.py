@@ -91,6 +91,9 @@ class SyntheticSuite(Suite):
         """A seed is a fresh world: the generator, the tiny models' initialisation and the unlearning."""
         return {"data.seed": seed, "model.seed": seed, "train.seed": seed}
 
+    def quick_overrides(self) -> dict:
+        return {"eval.generate": False}
+
     def evaluate(self, model, retain: Optional[RetainReference]) -> Evaluation:
         e = self.cfg.eval
         result = evaluate_model(model, self.tokenizer, evaluation_splits(self.splits, e.retain_authors),

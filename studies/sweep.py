@@ -71,7 +71,23 @@ class Grid:
     seed_keys: tuple[str, ...] = SYNTHETIC_SEEDS  # the options a seed sets
     levels: tuple[float, ...] = FRONTIER_LEVELS  # log10 FQ levels of the equal-forget-quality tables
     columns: list = None  # the per-lr table's (name, metric) columns (default METRIC_COLUMNS)
+    method_lrs: dict[str, list[float]] = field(default_factory=dict)  # label -> its own lrs (default: lrs)
     intervals: bool = False  # per-lr cells as mean [95 % t-interval] instead of mean ± std
+
+    def lrs_of(self, label: str) -> list:
+        """The learning rates a method runs at: its own range where one is set (methods whose forget
+        quality moves at different scales), else the grid's."""
+        return self.method_lrs.get(label, self.lrs)
+
+    @property
+    def all_lrs(self) -> list:
+        """Every learning rate some method runs at, the grid's first, in increasing order."""
+        extra = {lr for lrs in self.method_lrs.values() for lr in lrs} - set(self.lrs)
+        return list(self.lrs) + sorted(extra)
+
+    @property
+    def runs(self) -> int:
+        return sum(len(self.lrs_of(label)) for label, _, _ in self.methods) * len(self.seeds) * len(self.variants)
 
     @property
     def baselines(self) -> list[str]:
@@ -155,7 +171,8 @@ LOGFIT_ABLATIONS = [
 # TOFU's whole protocol at laptop scale (--model tiny, docs/tofu_study.md): the real TOFU data, a fresh tiny
 # target/retain pair per seed (tiny.model.seed), no generation (model utility from the 6 probability and
 # truth-ratio values), every method, the ATWU variants, the frozen control and the target-word hard mask.
-# Learning rates from the shared default up: 1e-3 x 60 steps barely forgets here (the README's --methods all table).
+# Learning rates: the weighted, saturating losses from the shared default up (1e-3 x 60 steps barely forgets here),
+# the sample-level ones from it down (at 1e-3 gradient ascent already destroys the tiny model: FQ 1e-239, MU 0).
 TOFU_TINY = {"benchmark.name": "tofu", "benchmark.data_dir": "data/tofu", "benchmark.model": "tiny",  # see --tofu-dir
              "benchmark.generate": False}
 TOFU_METHODS = [
@@ -164,6 +181,7 @@ TOFU_METHODS = [
     ("wga", "wga", {}), ("satimp", "satimp", {}),
     ("grad_ascent", "grad_ascent", {}), ("grad_diff", "grad_diff", {}), ("npo", "npo", {}), ("simnpo", "simnpo", {}),
 ]
+SAMPLE_LEVEL_LRS = {label: [1e-4, 3e-4, 1e-3] for label in ("grad_ascent", "grad_diff", "npo", "simnpo")}
 TOFU_LEVELS = (-20.0, -15.0, -12.0, -10.0, -8.0, -6.0, -4.0, -3.0, -2.0)
 
 # The comparison of tuned methods: every registered method and plug-in, on the fresh seeds the tune command
@@ -211,7 +229,8 @@ GRIDS: dict[str, Grid] = {
                        "seed: 8 model/data seeds (0-7) at five learning rates, the test of 'unlearns at least as "
                        "well'"),
     "tofu": Grid(TOFU_METHODS, lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2], base=TOFU_TINY,
-                 seed_keys=("tiny.model.seed", "train.seed"), baseline="grad_diff", more_baselines=("npo", "simnpo"),
+                 method_lrs=SAMPLE_LEVEL_LRS, seed_keys=("tiny.model.seed", "train.seed"), baseline="grad_diff",
+                 more_baselines=("npo", "simnpo"),
                  levels=TOFU_LEVELS,
                  doc="laptop-scale TOFU (real data, forget10, tiny models fine-tuned per seed): every method, the "
                      "ATWU variants, the frozen control and the target-word hard mask, paired against the "
@@ -294,7 +313,7 @@ def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int,
     scratch = Path(tempfile.mkdtemp(prefix="atwu-sweep-"))
     try:
         for variant, variant_over, seed in shard_pairs(grid, shard):
-            todo = [(lr, m) for lr in grid.lrs for m in grid.methods
+            todo = [(lr, m) for lr in grid.all_lrs for m in grid.methods if lr in grid.lrs_of(m[0])
                     if run_key(variant, seed, lr, m[0]) not in runs]
             ref_key = run_key(variant, seed, 0.0, "__reference__")
             if not todo and ref_key in runs:
@@ -410,7 +429,7 @@ def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
             lines.append("")
         columns = grid.columns or METRIC_COLUMNS
         summary = mean_interval if grid.intervals else mean_std
-        for lr in grid.lrs:
+        for lr in grid.all_lrs:
             tuned = lr == TUNED
             lines += [f"### lr {lr_text(lr)}", "", "| method | n | " + ("tuned values | " if tuned else "") +
                       " | ".join(c for c, _ in columns) + " |", "|---|---|" + "---|" * (len(columns) + tuned)]
@@ -460,10 +479,10 @@ def paired_tables(grid: Grid, runs: dict[str, dict], baseline: str | None = None
         lines += [f"### Variant `{variant}`", "", "| lr | method | n | " +
                   " | ".join(f"Δ {c} | CI {c} | ≥ 0" for c, _ in PAIRED_COLUMNS) + " |",
                   "|---|---|---|" + "---|---|---|" * len(PAIRED_COLUMNS)]
-        for lr in grid.lrs:
+        for lr in grid.all_lrs:
             base_rows = [runs.get(run_key(variant, s, lr, baseline)) for s in grid.seeds]
             for label, _, _ in grid.methods:
-                if label == baseline:
+                if label == baseline or lr not in grid.lrs_of(label) or lr not in grid.lrs_of(baseline):
                     continue
                 rows = [runs.get(run_key(variant, s, lr, label)) for s in grid.seeds]
                 pairs = [(b["metrics"], r["metrics"]) for b, r in zip(base_rows, rows) if b and r]
@@ -503,7 +522,7 @@ def frontier_tables(grid: Grid, runs: dict[str, dict], baseline: str | None = No
     ``grid.baseline``) on that seed. This compares the forget-quality/utility trade-off itself, not runs
     at one lr."""
     baseline = baseline or grid.baseline
-    if baseline is None or len(grid.lrs) < 2:
+    if baseline is None or len(grid.all_lrs) < 2:
         return ""
     lines = [f"## Utility at equal forget quality vs `{baseline}` (paired per seed)", "",
              "Per seed and method: the best MU over runs with log10 FQ ≥ level, consecutive learning rates "
@@ -515,7 +534,7 @@ def frontier_tables(grid: Grid, runs: dict[str, dict], baseline: str | None = No
     for variant in grid.variants:
         lines += [f"### Variant `{variant}`", "", f"| method \\ log10 FQ ≥ | {levels} |",
                   "|---|" + "---|" * len(grid.levels)]
-        curves = {(label, seed): frontier_points(runs, variant, seed, grid.lrs, label)
+        curves = {(label, seed): frontier_points(runs, variant, seed, grid.lrs_of(label), label)
                   for label, _, _ in grid.methods for seed in grid.seeds}
         for label, _, _ in grid.methods:
             if label == baseline:
@@ -574,8 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list or not args.grids:
         for name, grid in GRIDS.items():
-            n = len(grid.methods) * len(grid.lrs) * len(grid.seeds) * len(grid.variants)
-            print(f"{name}: {n} runs — {grid.doc}")
+            print(f"{name}: {grid.runs} runs — {grid.doc}")
         return 0
     names = [n for n in GRIDS if n != "smoke"] if args.grids == ["all"] else args.grids
     unknown = [n for n in names if n not in GRIDS]

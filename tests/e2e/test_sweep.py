@@ -208,3 +208,23 @@ def test_frontier_tables_count_reach_and_skip_diverged_runs():
     levels = list(sweep.FRONTIER_LEVELS)
     assert cells[levels.index(-2.0)] == "- (reach 3/0)"
     assert cells[levels.index(-4.0)].endswith("0/2 (reach 3/2)")  # seed 2 left out, less utility than base
+
+
+def test_methods_with_their_own_learning_rates_run_and_pair_on_their_own_curves():
+    """A method with its own lr range is run at those lrs only, and its frontier uses them: a baseline
+    that needs 10× smaller lrs for the same (FQ, MU) curve ties with the other method at equal forget quality."""
+    grid = sweep.Grid([("base", "grad_diff", {}), ("new", "atwu", {})], lrs=[1e-3, 1e-2], seeds=[0, 1],
+                      baseline="base", method_lrs={"base": [1e-4, 1e-3]})
+    assert grid.lrs_of("base") == [1e-4, 1e-3] and grid.lrs_of("new") == [1e-3, 1e-2]
+    assert grid.all_lrs == [1e-3, 1e-2, 1e-4] and grid.runs == 8
+    runs = {}
+    for seed in (0, 1):
+        for (lr_b, lr_n), (fq, mu) in zip(((1e-4, 1e-3), (1e-3, 1e-2)), ((1e-12, 0.86), (1e-2, 0.50))):
+            runs[sweep.run_key("default", seed, lr_b, "base")] = {"metrics": {"forget_quality": fq, "model_utility": mu}}
+            runs[sweep.run_key("default", seed, lr_n, "new")] = {"metrics": {"forget_quality": fq, "model_utility": mu}}
+    row = next(line for line in sweep.frontier_tables(grid, runs).splitlines() if line.startswith("| new |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert all(c.startswith("+0.000 [") and c.endswith("2/2 (reach 2/2)") for c in cells), cells
+    paired = sweep.paired_tables(grid, runs)
+    assert "| 0.001 | new | 2 |" in paired  # the one lr both run at
+    assert "| 0.01 | new |" not in paired and "| 0.0001 | new |" not in paired

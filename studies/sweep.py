@@ -182,7 +182,8 @@ TOFU_METHODS = [
     ("grad_ascent", "grad_ascent", {}), ("grad_diff", "grad_diff", {}), ("npo", "npo", {}), ("simnpo", "simnpo", {}),
 ]
 SAMPLE_LEVEL_LRS = {label: [1e-4, 3e-4, 1e-3] for label in ("grad_ascent", "grad_diff", "npo", "simnpo")}
-TOFU_LEVELS = (-20.0, -15.0, -12.0, -10.0, -8.0, -6.0, -4.0, -3.0, -2.0)
+# log10 FQ levels: with 400 forget rows the KS p-value of any model short of the retain model is tiny
+TOFU_LEVELS = (-45.0, -40.0, -35.0, -30.0, -25.0, -20.0, -15.0, -10.0)
 
 # The comparison of tuned methods: every registered method and plug-in, on the fresh seeds the tune command
 # re-evaluates on (its --tune.eval_seeds default), with the leak metric (it needs generation).

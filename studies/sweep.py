@@ -172,7 +172,8 @@ LOGFIT_ABLATIONS = [
 # target/retain pair per seed (tiny.model.seed), no generation (model utility from the 6 probability and
 # truth-ratio values), every method, the ATWU variants, the frozen control and the target-word hard mask.
 # Learning rates: the weighted, saturating losses from the shared default up (1e-3 x 60 steps barely forgets here),
-# the sample-level ones from it down (at 1e-3 gradient ascent already destroys the tiny model: FQ 1e-239, MU 0).
+# the sample-level ones from it down (at 1e-3 gradient ascent already destroys the tiny model: FQ 1e-239, MU 0;
+# NPO and SimNPO do not, so they also run at the higher ones).
 TOFU_TINY = {"benchmark.name": "tofu", "benchmark.data_dir": "data/tofu", "benchmark.model": "tiny",  # see --tofu-dir
              "benchmark.generate": False}
 TOFU_METHODS = [
@@ -181,7 +182,8 @@ TOFU_METHODS = [
     ("wga", "wga", {}), ("satimp", "satimp", {}),
     ("grad_ascent", "grad_ascent", {}), ("grad_diff", "grad_diff", {}), ("npo", "npo", {}), ("simnpo", "simnpo", {}),
 ]
-SAMPLE_LEVEL_LRS = {label: [1e-4, 3e-4, 1e-3] for label in ("grad_ascent", "grad_diff", "npo", "simnpo")}
+SAMPLE_LEVEL_LRS = {**{label: [1e-4, 3e-4, 1e-3] for label in ("grad_ascent", "grad_diff")},
+                    **{label: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2] for label in ("npo", "simnpo")}}  # they collapse later
 # log10 FQ levels: with 400 forget rows the KS p-value of any model short of the retain model is tiny
 TOFU_LEVELS = (-45.0, -40.0, -35.0, -30.0, -25.0, -20.0, -15.0, -10.0)
 

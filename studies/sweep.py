@@ -32,6 +32,7 @@ import torch
 from atwu_fast.config.options import merge, set_dotted
 from atwu_fast.data.io import atomic_write_text
 from atwu_fast.methods import METHODS
+from atwu_fast.tune.config import TuneOptions
 from atwu_fast.unlearn.experiment import ExperimentConfig
 
 # --------------------------------------------------------------------------- grids
@@ -189,7 +190,7 @@ TOFU_LEVELS = (-45.0, -40.0, -35.0, -30.0, -25.0, -20.0, -15.0, -10.0)
 
 # The comparison of tuned methods: every registered method and plug-in, on the fresh seeds the tune command
 # re-evaluates on (its --tune.eval_seeds default), with the leak metric (it needs generation).
-COMPARED = [name for name in METHODS]
+COMPARED = list(METHODS)
 COMPARE_COLUMNS = [*METRIC_COLUMNS[:2], ("J_W", lambda m: m.get("leak_worst")),
                    ("J_avg", lambda m: m.get("leak_retain")), ("span AUROC", METRIC_COLUMNS[2][1])]
 
@@ -238,7 +239,7 @@ GRIDS: dict[str, Grid] = {
                  doc="laptop-scale TOFU (real data, forget10, tiny models fine-tuned per seed): every method, the "
                      "ATWU variants, the frozen control and the target-word hard mask, paired against the "
                      "sample-level methods"),
-    "compare": Grid([(name, name, {}) for name in COMPARED], lrs=[TUNED], seeds=[0, 2, 3, 4, 5, 6, 7, 8],
+    "compare": Grid([(name, name, {}) for name in COMPARED], lrs=[TUNED], seeds=TuneOptions().eval_seeds,
                     base={"eval.generate": True}, columns=COMPARE_COLUMNS, intervals=True,
                     doc="every method at its shipped tuned values (package defaults where none are tuned) on "
                         "the embedded benchmark, 8 fresh seeds (none a tuning seed), with generation: the "

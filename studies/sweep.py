@@ -37,7 +37,6 @@ from atwu_fast.unlearn.experiment import ExperimentConfig
 
 # --------------------------------------------------------------------------- grids
 
-QUICK = {"eval.generate": False}  # forget/retain accuracy and ROUGE need generation; FQ and MU do not
 TUNED = "tuned"  # a grid learning rate meaning: each method's tuned values on the benchmark (its lr among them)
 
 
@@ -55,7 +54,6 @@ METRIC_COLUMNS = [
 ]
 
 
-SYNTHETIC_SEEDS = ("data.seed", "model.seed", "train.seed")  # a fresh data set, model pair and batch order
 FRONTIER_LEVELS = (-12.0, -10.0, -8.0, -6.0, -4.0, -3.0, -2.0)  # log10 forget quality
 
 
@@ -65,11 +63,11 @@ class Grid:
     lrs: list[float]
     seeds: list[int]
     variants: dict[str, dict] = field(default_factory=lambda: {"default": {}})
-    base: dict = field(default_factory=lambda: dict(QUICK))
+    base: dict = field(default_factory=dict)
+    quick: bool = True  # the benchmark's likelihood-only evaluation (no generation): FQ and MU, not accuracy/ROUGE
     doc: str = ""
     baseline: str | None = None  # a method label: add per-seed paired differences against it
     more_baselines: tuple[str, ...] = ()  # further labels to pair against (one set of tables each)
-    seed_keys: tuple[str, ...] = SYNTHETIC_SEEDS  # the options a seed sets
     levels: tuple[float, ...] = FRONTIER_LEVELS  # log10 FQ levels of the equal-forget-quality tables
     columns: list = None  # the per-lr table's (name, metric) columns (default METRIC_COLUMNS)
     method_lrs: dict[str, list[float]] = field(default_factory=dict)  # label -> its own lrs (default: lrs)
@@ -175,8 +173,7 @@ LOGFIT_ABLATIONS = [
 # Learning rates: the weighted, saturating losses from the shared default up (1e-3 x 60 steps barely forgets here),
 # the sample-level ones from it down (at 1e-3 gradient ascent already destroys the tiny model: FQ 1e-239, MU 0;
 # NPO and SimNPO do not, so they also run at the higher ones).
-TOFU_TINY = {"benchmark.name": "tofu", "benchmark.data_dir": "data/tofu", "benchmark.model": "tiny",  # see --tofu-dir
-             "benchmark.generate": False}
+TOFU_TINY = {"benchmark.name": "tofu", "benchmark.data_dir": "data/tofu", "benchmark.model": "tiny"}  # see --tofu-dir
 TOFU_METHODS = [
     ("atwu_faithful", "atwu_faithful", {}), ("atwu_nll", "atwu_nll", {}), ("atwu_logfit", "atwu_logfit", {}),
     ("atwu_frozen (g=0.5)", "atwu_frozen", {}), ("atwu_oracle (target words)", "atwu_oracle", {}),
@@ -233,19 +230,19 @@ GRIDS: dict[str, Grid] = {
                        "seed: 8 model/data seeds (0-7) at five learning rates, the test of 'unlearns at least as "
                        "well'"),
     "tofu": Grid(TOFU_METHODS, lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2], base=TOFU_TINY,
-                 method_lrs=SAMPLE_LEVEL_LRS, seed_keys=("tiny.model.seed", "train.seed"), baseline="grad_diff",
+                 method_lrs=SAMPLE_LEVEL_LRS, baseline="grad_diff",
                  more_baselines=("npo", "simnpo"),
                  levels=TOFU_LEVELS,
                  doc="laptop-scale TOFU (real data, forget10, tiny models fine-tuned per seed): every method, the "
                      "ATWU variants, the frozen control and the target-word hard mask, paired against the "
                      "sample-level methods"),
     "compare": Grid([(name, name, {}) for name in COMPARED], lrs=[TUNED], seeds=TuneOptions().eval_seeds,
-                    base={"eval.generate": True}, columns=COMPARE_COLUMNS, intervals=True,
+                    quick=False, columns=COMPARE_COLUMNS, intervals=True,
                     doc="every method at its shipped tuned values (package defaults where none are tuned) on "
                         "the embedded benchmark, 8 fresh seeds (none a tuning seed), with generation: the "
                         "comparison table"),
     "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
-                  lrs=[1e-3], seeds=[0], base={**QUICK, "train.steps": 3},
+                  lrs=[1e-3], seeds=[0], base={"train.steps": 3},
                   doc="a seconds-long check of the machinery"),
 }
 
@@ -279,8 +276,21 @@ def run_config(cfg, suite, method: str, over: dict, lr: float | str, where: str)
     return with_tuned(run_cfg, suite, method, frozenset(over))
 
 
-def seed_overrides(seed: int, keys: tuple[str, ...] = SYNTHETIC_SEEDS) -> dict:
-    return {key: seed for key in keys}
+def run_overrides(grid: Grid, variant_over: dict, seed: int) -> dict:
+    """The dotted overrides of one (variant, seed) pair: the grid's base and the variant's, then what the
+    benchmark itself says a seed is (``Suite.seed_overrides``) and, for a quick grid, its likelihood-only
+    evaluation (``Suite.quick_overrides``) — the same definitions ``python -m atwu_fast.tune`` uses."""
+    from atwu_fast.suites import make_suite
+
+    over = {**grid.base, **variant_over}
+    probe = make_suite(merge(ExperimentConfig(), dotted_to_nested(over), where="grid"))
+    return {**(probe.quick_overrides() if grid.quick else {}), **over, **probe.seed_overrides(seed)}
+
+
+def seed_keys(grid: Grid) -> list[str]:
+    """The options a seed of ``grid`` sets (those whose value follows the seed)."""
+    zero, one = run_overrides(grid, {}, 0), run_overrides(grid, {}, 1)
+    return sorted(key for key in zero if zero[key] != one.get(key))
 
 
 def load_runs(path: Path) -> dict[str, dict]:
@@ -322,7 +332,7 @@ def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int,
             ref_key = run_key(variant, seed, 0.0, "__reference__")
             if not todo and ref_key in runs:
                 continue
-            base = {**grid.base, **variant_over, **seed_overrides(seed, grid.seed_keys), "cache_dir": cache_dir}
+            base = {**run_overrides(grid, variant_over, seed), "cache_dir": cache_dir}
             cfg = merge(ExperimentConfig(), dotted_to_nested(base), where=f"grid {name}")
             suite = make_suite(cfg)
             prepare(suite, SINGLE, lambda m: log(f"  {m}"))
@@ -407,9 +417,9 @@ def tuned_text(values: dict | None) -> str:
 
 def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
     lines = [f"# Sweep `{name}`", "", grid.doc, "",
-             f"Seeds ({' = '.join(grid.seed_keys)}): {grid.seeds}; "
+             f"Seeds ({' = '.join(seed_keys(grid))}): {grid.seeds}; "
              f"{'mean [95 % t-interval]' if grid.intervals else 'mean ± sample std'} over seeds "
-             f"(n = {len(grid.seeds)}). Base overrides: `{grid.base}`. Span AUROC/AP: learned (or fixed) token "
+             f"(n = {len(grid.seeds)}). Base overrides: `{grid.base}`{' (quick evaluation: no generation)' if grid.quick else ''}. Span AUROC/AP: learned (or fixed) token "
              "weights vs author-unique fact tokens of the forget set (AUROC all-facts: vs every fact token); "
              "'end' after the last step, 'avg' the mean over the evaluation checkpoints.", ""]
     for variant, over in grid.variants.items():

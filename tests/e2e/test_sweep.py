@@ -17,15 +17,17 @@ def test_every_grid_entry_is_a_valid_config(name):
     assert len(labels) == len(set(labels))
     for variant in grid.variants.values():
         for seed in grid.seeds:
-            base = merge(ExperimentConfig(), sweep.dotted_to_nested({**grid.base, **variant,
-                                                                     **sweep.seed_overrides(seed, grid.seed_keys)}))
-            for key in grid.seed_keys:  # a seed sets the initialisation of the models it trains and the batch order
-                section, name = key.rsplit(".", 1)
+            base = merge(ExperimentConfig(), sweep.dotted_to_nested(sweep.run_overrides(grid, variant, seed)))
+            keys = sweep.seed_keys(grid)  # a seed sets the initialisation of the models it trains and the batch order
+            assert "train.seed" in keys and any(k.endswith("model.seed") for k in keys), keys
+            for key in keys:
+                section, field = key.rsplit(".", 1)
                 node = base
                 for part in section.split("."):
                     node = getattr(node, part)
-                assert getattr(node, name) == seed, key
-            assert "train.seed" in grid.seed_keys and any(k.endswith("model.seed") for k in grid.seed_keys)
+                assert getattr(node, field) == seed, key
+            generates = base.benchmark.generate if base.benchmark.name == "tofu" else base.eval.generate
+            assert generates != grid.quick  # quick grids skip generation, the others generate (J_W needs answers)
             assert set(grid.baselines) <= set(labels)
             for label, method, over in grid.methods:
                 assert method in METHODS
@@ -62,7 +64,7 @@ def test_compare_grid_is_every_method_on_the_tune_commands_fresh_seeds():
     assert [method for _, method, _ in grid.methods] == list(METHODS)
     assert grid.lrs == [sweep.TUNED] and grid.intervals
     assert grid.seeds == TuneOptions().eval_seeds and not set(grid.seeds) & set(TuneOptions().seeds)
-    assert merge(ExperimentConfig(), sweep.dotted_to_nested(grid.base)).eval.generate  # J_W needs answers
+    assert not grid.quick  # J_W needs answers: generation on
     assert {"J_W", "J_avg"} <= {name for name, _ in grid.columns}
 
 

@@ -15,20 +15,16 @@ on CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1`` before 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from . import chunked, scorer
+from .interpreter import triton_interpreting
 from .torch_impl import TorchRowOps
 
 IMPLEMENTATIONS = ("torch", "triton", "triton_fused")
-
-
-def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @dataclass(frozen=True)

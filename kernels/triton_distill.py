@@ -39,9 +39,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import triton_interpreting
 from .gemm_accumulate import WeightGradAccumulator, hidden_grad_into
 from .inputs import no_autocast
+from .interpreter import triton_interpreting
 from .transform import LogitTransform
 from .triton_impl import transformed
 

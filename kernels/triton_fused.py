@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 
 from .chunked import Plan, SweepResult
-from .dispatch import triton_interpreting
+from .interpreter import triton_interpreting
 from .triton_impl import NEG_BIG, coefficient_args, row_coefficients, transformed
 
 

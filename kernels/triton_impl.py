@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .coefficients import FORGET, RETAIN, AtwuCoefficients
-from .dispatch import triton_interpreting
+from .interpreter import triton_interpreting
 from .transform import LogitTransform
 
 NEG_BIG = tl.constexpr(-1.0e30)  # compiled kernels may read only constexpr globals

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import triton_interpreting
+from .interpreter import triton_interpreting
 
 
 @triton.jit(do_not_specialize=["n_rows", "dim"])

@@ -13,7 +13,8 @@ import optuna
 
 from ..data.io import atomic_write_json, atomic_write_text
 
-SUMMARY = ("forget_quality", "model_utility", "extraction_strength", "span_auroc", "forget_acc", "retain_acc")
+SUMMARY = ("forget_quality", "model_utility", "extraction_strength", "span_auroc", "forget_acc", "retain_acc",
+           "leak_worst", "leak_retain")  # fresh seeds run with generation, so the leak metrics are there
 
 
 def interval(values: list[float]) -> tuple[float, float, int]:

@@ -46,6 +46,8 @@ def test_study_runs_resumes_prunes_reports_and_records(tmp_path, monkeypatch):
     recorded = json.loads(tuned.read_text())
     assert recorded["methods"]["npo"] == json.loads((out / "best.json").read_text())["params"]
     assert "python -m atwu_fast.tune" in recorded["studies"]["npo"]["command"]
+    fresh = recorded["studies"]["npo"]["fresh"]  # fresh seeds generate: the leak metrics are summarised
+    assert {"model_utility", "leak_worst", "leak_retain"} <= set(fresh) and fresh["leak_worst"]["n"] == 1
 
 
 def test_tuning_seeds_must_differ_from_the_fresh_ones(tmp_path, capsys):

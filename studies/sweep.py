@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atwu_fast.config.options import merge, set_dotted
+from atwu_fast.config.options import dotted_to_nested, merge
 from atwu_fast.data.io import atomic_write_text
 from atwu_fast.methods import METHODS
 from atwu_fast.tune.config import TuneOptions
@@ -250,13 +250,6 @@ GRIDS: dict[str, Grid] = {
 # --------------------------------------------------------------------------- running
 
 
-def dotted_to_nested(overrides: dict) -> dict:
-    nested: dict = {}
-    for key, value in overrides.items():
-        set_dotted(nested, key, value)
-    return nested
-
-
 def lr_text(lr: float | str) -> str:
     return lr if lr == TUNED else f"{lr:g}"
 
@@ -419,7 +412,8 @@ def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
     lines = [f"# Sweep `{name}`", "", grid.doc, "",
              f"Seeds ({' = '.join(seed_keys(grid))}): {grid.seeds}; "
              f"{'mean [95 % t-interval]' if grid.intervals else 'mean ± sample std'} over seeds "
-             f"(n = {len(grid.seeds)}). Base overrides: `{grid.base}`{' (quick evaluation: no generation)' if grid.quick else ''}. Span AUROC/AP: learned (or fixed) token "
+             f"(n = {len(grid.seeds)}). Base overrides: `{grid.base}`"
+             f"{' (quick evaluation: no generation)' if grid.quick else ''}. Span AUROC/AP: learned (or fixed) token "
              "weights vs author-unique fact tokens of the forget set (AUROC all-facts: vs every fact token); "
              "'end' after the last step, 'avg' the mean over the evaluation checkpoints.", ""]
     for variant, over in grid.variants.items():

@@ -164,6 +164,14 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def dotted_to_nested(values: dict[str, Any]) -> dict[str, Any]:
+    """``{'a.b': 1}`` → ``{'a': {'b': 1}}``: dotted overrides in the shape :func:`merge` takes."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        set_dotted(out, key, value)
+    return out
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 

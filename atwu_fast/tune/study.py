@@ -19,20 +19,13 @@ from pathlib import Path
 import optuna
 
 from ..config import merge
-from ..config.options import set_dotted
+from ..config.options import dotted_to_nested
 from ..config.search import Choice, Float, Int, Space
 from ..methods import get_method
 from ..model.distributed import SINGLE
 from ..suites import make_suite
 from ..train.trainer import DivergenceError
 from ..unlearn.driver import RETAIN_MODEL, Run, prepare, reference_rows, run_method
-
-
-def nested(values: dict) -> dict:
-    out: dict = {}
-    for key, value in values.items():
-        set_dotted(out, key, value)
-    return out
 
 
 def suggest(trial: optuna.Trial, name: str, space: Space):
@@ -84,7 +77,7 @@ class Tuner:
         if key not in self.contexts:
             probe = make_suite(self.cfg)
             overrides = {**probe.seed_overrides(seed), **(probe.quick_overrides() if quick else {})}
-            cfg = merge(self.cfg, nested(overrides), where=f"seed {seed}")
+            cfg = merge(self.cfg, dotted_to_nested(overrides), where=f"seed {seed}")
             suite = make_suite(cfg)
             prepare(suite, SINGLE, lambda m: self.log(f"  {m}"))
             run = Run(cfg, suite, self.scratch, quiet=True)
@@ -94,7 +87,7 @@ class Tuner:
     def run(self, seed: int, values: dict, quick: bool) -> dict:
         """The method's metrics with ``values`` (dotted keys) on ``seed``; DivergenceError propagates."""
         ctx = self.context(seed, quick)
-        cfg = merge(ctx.run.cfg, nested(values), where="trial values")
+        cfg = merge(ctx.run.cfg, dotted_to_nested(values), where="trial values")
         out = Path(tempfile.mkdtemp(dir=self.scratch))
         try:
             return run_method(self.method, dataclasses.replace(ctx.run, cfg=cfg, out_dir=out))

@@ -23,7 +23,7 @@ import yaml
 
 from ..config import ConfigError, merge
 from ..config.args import fail
-from ..config.options import set_dotted
+from ..config.options import dotted_to_nested
 from ..data.io import atomic_write_json, atomic_write_text
 from ..data.readers import DataError
 from ..eval.logs import RetainReference
@@ -293,10 +293,7 @@ def with_tuned(cfg, suite: Suite, name: str, explicit: frozenset[str] = frozense
     values = {k: v for k, v in suite.tuned().get(name, {}).items() if k not in explicit}
     if not values:
         return cfg, {}
-    nested: dict = {}
-    for key, value in values.items():
-        set_dotted(nested, key, value)
-    return merge(cfg, nested, where=f"tuned values of {name}"), values
+    return merge(cfg, dotted_to_nested(values), where=f"tuned values of {name}"), values
 
 
 def run(cfg, explicit: frozenset[str] = frozenset()) -> int:

@@ -14,8 +14,8 @@ from atwu_fast.unlearn.experiment import ExperimentConfig
 def test_seed_and_quick_overrides_are_real_options_that_change_the_run(bench, extra, quick_key):
     """A tuning seed changes the unlearning order and, where the suite builds its own models, their
     initialisation (a fresh tiny TOFU pair per seed); a quick trial turns generation off."""
+    from atwu_fast.config.options import dotted_to_nested as nested
     from atwu_fast.suites import make_suite
-    from atwu_fast.tune.study import nested
 
     extra = {**extra, "benchmark": {"name": bench, **extra.get("benchmark", {})}}
     cfg = merge(ExperimentConfig(), extra)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from atwu_fast.config.options import merge, set_dotted
+from atwu_fast.config.options import dotted_to_nested, merge
 from atwu_fast.config.search import Choice, Float, Int
 from atwu_fast.methods import METHODS
 from atwu_fast.suites import SUITES
@@ -37,10 +37,7 @@ def test_every_shipped_entry_is_a_valid_in_range_setting_with_its_study(path):
         for key, value in values.items():
             assert key in space, f"{method}: {key} is not among its searched options {sorted(space)}"
             assert inside(space[key], value), f"{method}: {key}={value} outside {space[key]}"
-        nested: dict = {}
-        for key, value in values.items():
-            set_dotted(nested, key, value)
-        merge(ExperimentConfig(), nested, where=f"{path.name}: {method}")  # raises on an unknown option
+        merge(ExperimentConfig(), dotted_to_nested(values), where=f"{path.name}: {method}")  # raises on an unknown option
         study = data["studies"][method]
         assert study["command"].startswith("python -m atwu_fast.tune ") and f"--method {method}" in study["command"]
         assert "model_utility" in study["fresh"] and "log10_forget_quality" in study["fresh"]

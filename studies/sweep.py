@@ -69,7 +69,7 @@ class Grid:
     baseline: str | None = None  # a method label: add per-seed paired differences against it
     more_baselines: tuple[str, ...] = ()  # further labels to pair against (one set of tables each)
     levels: tuple[float, ...] = FRONTIER_LEVELS  # log10 FQ levels of the equal-forget-quality tables
-    columns: list = None  # the per-lr table's (name, metric) columns (default METRIC_COLUMNS)
+    columns: list = None  # the per-lr table's (name, metric[, summary]) columns (default METRIC_COLUMNS)
     method_lrs: dict[str, list[float]] = field(default_factory=dict)  # label -> its own lrs (default: lrs)
     intervals: bool = False  # per-lr cells as mean [95 % t-interval] instead of mean ± std
 
@@ -188,8 +188,22 @@ TOFU_LEVELS = (-45.0, -40.0, -35.0, -30.0, -25.0, -20.0, -15.0, -10.0)
 # The comparison of tuned methods: every registered method and plug-in, on the fresh seeds the tune command
 # re-evaluates on (its --tune.eval_seeds default), with the leak metric (it needs generation).
 COMPARED = list(METHODS)
-COMPARE_COLUMNS = [*METRIC_COLUMNS[:2], ("J_W", lambda m: m.get("leak_worst")),
-                   ("J_avg", lambda m: m.get("leak_retain")), ("span AUROC", METRIC_COLUMNS[2][1])]
+TOFU_FQ_LEVEL = 1e-15  # the tiny-TOFU studies' --tune.fq_level: visible forgetting at laptop scale (target ≈ 1e-50)
+
+
+def reached(level: float):
+    """A column: on how many seeds the run's forget quality reaches ``level`` (``k/n``)."""
+    def count(values: list) -> str:
+        known = [v for v in values if v is not None]
+        return f"{int(sum(known))}/{len(known)}" if known else "-"
+
+    return (f"FQ ≥ {level:g}", lambda m: None if m.get("forget_quality") is None else float(m["forget_quality"] >= level),
+            count)
+
+
+def compare_columns(level: float) -> list:
+    return [*METRIC_COLUMNS[:2], reached(level), ("J_W", lambda m: m.get("leak_worst")),
+            ("J_avg", lambda m: m.get("leak_retain")), ("span AUROC", METRIC_COLUMNS[2][1])]
 
 GRIDS: dict[str, Grid] = {
     "headline": Grid(MAIN + [c for c in CONTROLS if c[1] != "wga"], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2],
@@ -237,10 +251,15 @@ GRIDS: dict[str, Grid] = {
                      "ATWU variants, the frozen control and the target-word hard mask, paired against the "
                      "sample-level methods"),
     "compare": Grid([(name, name, {}) for name in COMPARED], lrs=[TUNED], seeds=TuneOptions().eval_seeds,
-                    quick=False, columns=COMPARE_COLUMNS, intervals=True,
+                    quick=False, columns=compare_columns(TuneOptions().fq_level), intervals=True,
                     doc="every method at its shipped tuned values (package defaults where none are tuned) on "
                         "the embedded benchmark, 8 fresh seeds (none a tuning seed), with generation: the "
                         "comparison table"),
+    "compare_tofu": Grid([(name, name, {}) for name in COMPARED], lrs=[TUNED], seeds=TuneOptions().eval_seeds,
+                         base=TOFU_TINY, quick=False, columns=compare_columns(TOFU_FQ_LEVEL), intervals=True,
+                         doc="every method at its tuned values on TOFU at laptop scale (package defaults where none "
+                             "are tuned), 8 fresh seeds (each a fresh tiny pair, fine-tuned once), with generation: "
+                             "the comparison table on real text"),
     "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
                   lrs=[1e-3], seeds=[0], base={"train.steps": 3},
                   doc="a seconds-long check of the machinery"),
@@ -438,19 +457,35 @@ def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
         columns = grid.columns or METRIC_COLUMNS
         summary = mean_interval if grid.intervals else mean_std
         for lr in grid.all_lrs:
-            tuned = lr == TUNED
+            tuned, means = lr == TUNED, {}
             lines += [f"### lr {lr_text(lr)}", "", "| method | n | " + ("tuned values | " if tuned else "") +
-                      " | ".join(c for c, _ in columns) + " |", "|---|---|" + "---|" * (len(columns) + tuned)]
+                      " | ".join(c[0] for c in columns) + " |", "|---|---|" + "---|" * (len(columns) + tuned)]
             for label, _, _ in grid.methods:
                 found = [r for r in (runs.get(run_key(variant, s, lr, label)) for s in grid.seeds) if r]
                 if not found:
                     continue
-                cells = [summary([f(r["metrics"]) for r in found]) for _, f in columns]
+                cells = [(c[2] if len(c) > 2 else summary)([c[1](r["metrics"]) for r in found]) for c in columns]
                 if tuned:
                     cells.insert(0, tuned_text(found[0].get("tuned")))
                 lines.append(f"| {label} | {len(found)} | " + " | ".join(cells) + " |")
-            lines.append("")
+                means[label] = (mean_of([log10(r["metrics"].get("forget_quality")) for r in found]),
+                                mean_of([r["metrics"].get("model_utility") for r in found]))
+            lines += ["", f"Frontier (no other method has both a higher mean log10 FQ and a higher mean MU): "
+                          f"{', '.join(pareto(means)) or '-'}", ""]
     return "\n".join(lines)
+
+
+def mean_of(values: list) -> float | None:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def pareto(points: dict[str, tuple]) -> list[str]:
+    """The labels whose (x, y) no other point beats in both coordinates (ties keep both), best y first."""
+    valid = {k: p for k, p in points.items() if None not in p}
+    front = [k for k, (x, y) in valid.items()
+             if not any(ox > x and oy > y for o, (ox, oy) in valid.items() if o != k)]
+    return sorted(front, key=lambda k: -valid[k][1])
 
 
 def paired_deltas(base: list, other: list) -> tuple[float, float, float, int] | None:

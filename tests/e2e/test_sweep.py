@@ -57,15 +57,17 @@ def test_tuned_runs_take_the_methods_tuned_values_and_every_override_wins():
     assert used == {} and (cfg.train.lr, cfg.wga.beta) == (3e-3, ExperimentConfig().wga.beta)
 
 
-def test_compare_grid_is_every_method_on_the_tune_commands_fresh_seeds():
+@pytest.mark.parametrize("name, bench_name", [("compare", "synthetic"), ("compare_tofu", "tofu")])
+def test_compare_grids_are_every_method_on_the_tune_commands_fresh_seeds(name, bench_name):
     from atwu_fast.tune.config import TuneOptions
 
-    grid = sweep.GRIDS["compare"]
+    grid = sweep.GRIDS[name]
+    assert grid.base.get("benchmark.name", "synthetic") == bench_name
     assert [method for _, method, _ in grid.methods] == list(METHODS)
     assert grid.lrs == [sweep.TUNED] and grid.intervals
     assert grid.seeds == TuneOptions().eval_seeds and not set(grid.seeds) & set(TuneOptions().seeds)
     assert not grid.quick  # J_W needs answers: generation on
-    assert {"J_W", "J_avg"} <= {name for name, _ in grid.columns}
+    assert {"J_W", "J_avg"} <= {column[0] for column in grid.columns}
 
 
 def test_interval_tables_show_the_95_percent_t_interval_and_the_tuned_values():
@@ -81,6 +83,28 @@ def test_interval_tables_show_the_95_percent_t_interval_and_the_tuned_values():
     assert "| w | 2 | lr 0.0153, beta 2 | 0.700 [-0.571, 1.971] |" in text
     assert "| n | 2 | defaults | 0.500 [0.500, 0.500] |" in text
     assert "mean [95 % t-interval]" in text
+
+
+def test_pareto_keeps_the_points_no_other_beats_in_both_coordinates():
+    points = {"a": (-1.0, 0.8), "b": (-3.0, 0.9), "c": (-2.0, 0.7), "d": (-0.5, 0.2), "e": (None, 0.95)}
+    assert sweep.pareto(points) == ["b", "a", "d"]  # c is beaten by a in both; e has no forget quality
+    assert sweep.pareto({}) == []
+
+
+def test_reached_column_is_the_share_of_seeds_at_the_level():
+    name, column, count = sweep.reached(0.05)
+    assert name == "FQ ≥ 0.05"
+    assert [column({"forget_quality": q}) for q in (0.049, 0.05, 0.9)] == [0.0, 1.0, 1.0]
+    assert column({}) is None and count([1.0, 0.0, None, 1.0]) == "2/3" and count([None]) == "-"
+    grid = sweep.Grid([("w", "wga", {}), ("n", "npo", {})], lrs=[sweep.TUNED], seeds=[0, 1],
+                      columns=[sweep.reached(0.05)], intervals=True)
+    runs = {sweep.run_key("default", s, sweep.TUNED, label): {"tuned": {}, "metrics": {"forget_quality": q,
+                                                                                         "model_utility": mu}}
+            for s, label, q, mu in ((0, "w", 0.1, 0.8), (1, "w", 0.01, 0.8), (0, "n", 0.2, 0.5), (1, "n", 0.3, 0.5))}
+    text = sweep.tables("t", grid, runs)
+    assert "| w | 2 | defaults | 1/2 |" in text  # one seed of two reaches it
+    assert "| n | 2 | defaults | 2/2 |" in text
+    assert "mean MU): w, n" in text  # w keeps more utility, n forgets more: both on the frontier
 
 
 def test_mean_std_and_tables():

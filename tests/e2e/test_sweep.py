@@ -1,6 +1,7 @@
 """The sweep command: grids are valid configs, aggregation is mean ± sample std, resume skips."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -67,6 +68,7 @@ def test_compare_grids_are_every_method_on_the_tune_commands_fresh_seeds(name, b
     assert grid.lrs == [sweep.TUNED] and grid.intervals
     assert grid.seeds == TuneOptions().eval_seeds and not set(grid.seeds) & set(TuneOptions().seeds)
     assert not grid.quick  # J_W needs answers: generation on
+    assert set(grid.controls) <= {label for label, _, _ in grid.methods}
     assert {"J_W", "J_avg"} <= {column[0] for column in grid.columns}
 
 
@@ -105,6 +107,9 @@ def test_reached_column_is_the_share_of_seeds_at_the_level():
     assert "| w | 2 | defaults | 1/2 |" in text  # one seed of two reaches it
     assert "| n | 2 | defaults | 2/2 |" in text
     assert "mean MU): w, n" in text  # w keeps more utility, n forgets more: both on the frontier
+    assert "without the controls" not in text
+    text = sweep.tables("t", replace(grid, controls=("n",)), runs)
+    assert "Frontier without the controls (n): w" in text
 
 
 def test_mean_std_and_tables():

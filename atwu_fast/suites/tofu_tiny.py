@@ -19,6 +19,11 @@ is all of ``retainNN``: the rows the target learned). Evaluation is :class:`~.to
 retain model evaluated first as the "retain model" reference row; the forget split's target-word file
 (``<split>_target_words.json`` in the data directory) gives span alignment when no
 ``--benchmark.spans_file`` is set.
+
+The methods' hyper-parameters tuned on this protocol (``python -m atwu_fast.tune --benchmark tofu
+--model tiny ...``) ship in ``tofu_tiny_tuned.json`` beside this module; a run applies them as it does
+the embedded benchmark's (``--tuned``). They belong to the tiny models: a real TOFU model (``--model
+<id>``) gets none.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class TinyTofuSuite(TofuSuite):
     """``cfg`` sections used: benchmark, tiny, cache_dir (and train, efficiency)."""
 
     default_new_tokens = 128  # measured: README "TOFU at laptop scale"
+    tuned_file = Path(__file__).with_name("tofu_tiny_tuned.json")
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -62,7 +62,9 @@ def token_score_rows(tokenizer, forget_rows: list[dict], encoded_forget: list[di
 
 
 def _num(x: float) -> float | None:
-    return round(float(x), 6) if x is not None and math.isfinite(x) else None
+    """Six significant digits, not six decimals: saturating weights such as p^β span many orders of magnitude,
+    and rounding them to 1e-6 would tie the small ones and change their ranking (their AUROC)."""
+    return float(f"{float(x):.6g}") if x is not None and math.isfinite(x) else None
 
 
 def token_scores_doc(method, rows: list[dict], kind_names: dict[int, str] | None = None) -> dict:

@@ -64,7 +64,7 @@ def test_results_have_forget_quality_against_the_local_retain_model_utility_and_
     for name in METHODS:  # the target words mark the forget answers: every method has a span AUROC
         span = results[name]["span_auroc"]
         assert span is not None and 0 <= span <= 1
-        # the file rounds scores to 1e-6, so only pairs closer than that may tie differently
+        # the file keeps 6 significant digits, so only pairs closer than that may tie differently
         assert span == pytest.approx(token_score_auroc(out / name), abs=5e-3), name
         assert results[name]["span_auroc_delta"] == pytest.approx(token_score_auroc(out / name, "nll_delta"), abs=5e-3)
 

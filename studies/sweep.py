@@ -397,8 +397,13 @@ def fmt(value) -> str:
 # --------------------------------------------------------------------------- tables
 
 
+def finite(values: list) -> list[float]:
+    """The values that are numbers (not None, not NaN), as floats."""
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
 def mean_std(values: list) -> str:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    vals = finite(values)
     if not vals:
         return "-"
     if len(vals) == 1:
@@ -415,7 +420,7 @@ def t_half_width(values: list[float]) -> float:
 
 def mean_interval(values: list) -> str:
     """Mean and its 95 % t-interval over seeds, ``mean [lo, hi]`` (the value alone for one seed)."""
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    vals = finite(values)
     if len(vals) < 2:
         return mean_std(vals)
     mean, half = float(np.mean(vals)), t_half_width(vals)
@@ -484,7 +489,7 @@ def tables(name: str, grid: Grid, runs: dict[str, dict]) -> str:
 
 
 def mean_of(values: list) -> float | None:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    vals = finite(values)
     return float(np.mean(vals)) if vals else None
 
 

@@ -144,14 +144,17 @@ def leak_metrics(leaks: Sequence[dict[str, bool]], kept: Sequence[bool] | None =
 
 def evaluate_leak(generate: Callable[[list[Probe]], list[str]], forget: Sequence[dict], retain: Sequence[dict],
                   original: Sequence[str] | None = None, retain_answers: Sequence[str] | None = None,
-                  retain_rows: Sequence[dict] | None = None, k: int = ICR_EXAMPLES,
-                  seed: int = 0) -> tuple[dict[str, float], list[dict]]:
+                  retain_rows: Sequence[dict] | None = None, k: int = ICR_EXAMPLES, seed: int = 0,
+                  judge: Callable[[list[tuple[str, Sequence[str], str]]], list[bool]] | None = None,
+                  ) -> tuple[dict[str, float], list[dict]]:
     """The leak metrics of one model. ``generate(probes)`` answers (question, context) probes greedily
     (the suite's prompt format and generation); ``forget`` are the judged forget rows, ``retain`` the
     pool of in-context examples. ``original``: answers already generated to the forget rows' questions
     (reused, not generated again); ``retain_rows`` / ``retain_answers``: the retain rows and their
-    answers for J_avg (omitted: no J_avg). Returns the metrics and one record per judged forget row
-    (its probes' generations and judgements)."""
+    answers for J_avg (omitted: no J_avg). ``judge`` decides, for all (question, target words, answer)
+    items at once, whether each answer states its targets (default: :func:`contains_target`; a model
+    judge: :mod:`.judge`). Returns the metrics and one record per judged forget row (its probes'
+    generations and judgements)."""
     judged = [(i, r, row_targets(r)) for i, r in enumerate(forget)]
     judged = [(i, r, t) for i, r, t in judged if t]
     probes = [(i, name, probe) for i, r, _ in judged for name, probe in row_probes(i, r, retain, k, seed).items()
@@ -159,16 +162,30 @@ def evaluate_leak(generate: Callable[[list[Probe]], list[str]], forget: Sequence
     answers = dict(zip([(i, name) for i, name, _ in probes], generate([p for _, _, p in probes]), strict=True))
     if original is not None:
         answers.update({(i, "original"): original[i] for i, _, _ in judged})
+    keyed = [((i, n), (row["question"], targets, answers[(i, n)]))
+             for i, row, targets in judged for n in PROBES if (i, n) in answers]
+    kept_items = []
+    if retain_rows is not None and retain_answers is not None:
+        kept_items = [(r["question"], t, a) for r, a in zip(retain_rows, retain_answers, strict=True)
+                      if (t := row_targets(r))]
+    items = [item for _, item in keyed] + kept_items
+    verdicts = (judge or substring_judge)(items) if items else []
+    if len(verdicts) != len(items):
+        raise ValueError(f"the leak judge returned {len(verdicts)} verdicts for {len(items)} answers")
+    leaked = dict(zip([key for key, _ in keyed], verdicts))
     records, leaks = [], []
     for i, row, targets in judged:
         names = [n for n in PROBES if (i, n) in answers]
-        flags = {n: contains_target(answers[(i, n)], targets) for n in names}
+        flags = {n: bool(leaked[(i, n)]) for n in names}
         leaks.append(flags)
         records.append({"index": i, "question": row["question"], "target_words": targets,
                         "generations": {n: answers[(i, n)] for n in names}, "leaked": flags,
                         "leak_worst": any(flags.values())})
-    kept = None
-    if retain_rows is not None and retain_answers is not None:
-        kept = [contains_target(a, t) for r, a in zip(retain_rows, retain_answers, strict=True)
-                if (t := row_targets(r))]
+    kept = [bool(v) for v in verdicts[len(keyed):]] if retain_rows is not None and retain_answers is not None else None
     return leak_metrics(leaks, kept), records
+
+
+def substring_judge(items: list[tuple[str, Sequence[str], str]]) -> list[bool]:
+    """The default judge: each (question, target words, answer) item's answer contains one of its target
+    words (:func:`contains_target`)."""
+    return [contains_target(answer, targets) for _, targets, answer in items]

@@ -130,22 +130,25 @@ def label_text(tokenizer, labels: np.ndarray) -> str:
 
 
 def leak_logs(s: TofuScorer, forget: list[dict], retain: list[dict], forget_gens: list[str],
-              retain_gens: list[str]) -> dict:
+              retain_gens: list[str], judge=None) -> dict:
     """``leak_*`` entries (:mod:`.leak`): in-context examples from ``retain``, whose rows without
-    ``target_words`` are judged on their answers' key phrases for ``leak_retain``."""
+    ``target_words`` are judged on their answers' key phrases for ``leak_retain``; ``leak_worst`` names
+    its judge (a model judge's ``name``, else ``target_words``)."""
     values, records = leak.evaluate_leak(lambda probes: s.probe_generations(probes)[0], forget, retain,
-                                         original=forget_gens, retain_rows=retain, retain_answers=retain_gens)
+                                         original=forget_gens, retain_rows=retain, retain_answers=retain_gens,
+                                         judge=judge)
     by_row = {str(r["index"]): r for r in records}
     out = {key: entry(values.get(key)) for key in ("leak_paraphrase", "leak_icr", "leak_retain")}
-    out["leak_worst"] = entry(values.get("leak_worst"), by_row)
+    out["leak_worst"] = entry(values.get("leak_worst"), by_row, judge=getattr(judge, "name", "target_words"))
     return out
 
 
 def evaluate_tofu(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]], batch_size: int = 32,
                   max_new_tokens: int = 200, retain_ref: RetainReference | None = None, mia_k: float = 0.4,
-                  generate_text: bool = True, leak_rows: int | None = None) -> dict:
+                  generate_text: bool = True, leak_rows: int | None = None, leak_judge=None) -> dict:
     """All TOFU metrics of one model: a dict in the TOFU_EVAL.json layout. With ``generate_text`` and
-    target words on the forget rows, the leak metrics on the first ``leak_rows`` of them (0: all; None: none)."""
+    target words on the forget rows, the leak metrics on the first ``leak_rows`` of them (0: all; None: none),
+    judged by ``leak_judge`` (None: target-word match; :mod:`.judge`)."""
     model.eval()
     s = TofuScorer(model, tokenizer, fmt, batch_size, max_new_tokens)
     logs: dict = {}
@@ -204,7 +207,8 @@ def evaluate_tofu(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]],
             vals = rouge_entries(gens[name], [r["answer"] for r in rows], inputs)
             logs[f"{prefix}_Q_A_ROUGE"] = entry(np.mean([v["rougeL_recall"] for v in vals]), by_index(vals))
         if leak_rows is not None and any(r.get("target_words") for r in forget):
-            logs.update(leak_logs(s, forget[:leak_rows or len(forget)], retain, gens["forget"], gens["retain"]))
+            logs.update(leak_logs(s, forget[:leak_rows or len(forget)], retain, gens["forget"], gens["retain"],
+                                  leak_judge))
     # without generations (a fast sweep) model utility is the harmonic mean of the 6 other values
     used = [k for k in UTILITY_KEYS if k in logs]
     logs["model_utility"] = entry(metrics.model_utility([logs[k]["agg_value"] for k in used]), components=used)

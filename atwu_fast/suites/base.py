@@ -70,6 +70,7 @@ class Suite:
         self.forget: list[dict] = []  # encoded training rows (input_ids, labels, span_kind)
         self.retain: list[dict] = []
         self.has_spans = False  # the forget rows mark ground-truth forget tokens (span alignment)
+        self.judge = None  # the leak metric's model judge (atwu_fast.eval.judge); None: target-word match
 
     # ------------------------------------------------------------------ data and models
     def load_data(self, log: Callable[[str], None]) -> None:

@@ -39,6 +39,7 @@ class BenchmarkConfig:
     leak: bool = option("TOFU, with generate and target words: the leak metrics (leak_worst J_W, leak_paraphrase, "
                         "leak_icr, leak_retain J_avg; docs/benchmarks.md)", True)
     leak_rows: int = option("TOFU: forget rows probed for the leak metrics (0: all)", 100)
+    leak_judge: str = option("a local causal LM (directory or hub id) that judges leaks instead of target-word matching: it answers whether each answer states the facts, in any wording (default: exact target-word match)", "")
     retain_logs: str = option(
         "retain model's logs: open-unlearning's TOFU_EVAL.json (or its folder) or the original TOFU release's "
         "eval_log_aggregated.json / eval_log_forget.json (or their folder): forget quality (and privleak from "

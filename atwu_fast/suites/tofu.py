@@ -10,6 +10,7 @@ and ``holdoutNN`` (MIA non-members).
 from __future__ import annotations
 
 from ..data.readers import DataError, attach_target_words, load_rows, read_file
+from ..eval.judge import load_judge
 from ..eval.tofu import evaluate_tofu
 from ..eval.tofu_original import check_forget_rows
 from .base import BenchmarkData, Column
@@ -94,6 +95,9 @@ class TofuSuite(RealSuite):
         """Also refuses retain logs of other forget rows (count or questions) before any model is loaded:
         forget quality compares the truth ratios of the same rows."""
         super().load_eval_data()
+        b = self.bcfg
+        # a judge that cannot load fails here, before any training
+        self.judge = load_judge(b.leak_judge, b.device, b.dtype, b.trust_remote_code) if b.leak else None
         if self.retain_logs is not None:
             forget = self.data.eval_sets["forget"]
             check_forget_rows(self.retain_logs, len(forget), [r["question"] for r in forget])
@@ -101,4 +105,4 @@ class TofuSuite(RealSuite):
     def evaluate_logs(self, model, retain) -> dict:
         return evaluate_tofu(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
                              self.max_new_tokens, retain_ref=retain, generate_text=self.bcfg.generate,
-                             leak_rows=self.bcfg.leak_rows if self.bcfg.leak else None)
+                             leak_rows=self.bcfg.leak_rows if self.bcfg.leak else None, leak_judge=self.judge)

@@ -10,6 +10,7 @@ from typing import Optional
 
 from ...data.formatting import encode_qa
 from ...data.labels import FACT_KIND_NAMES
+from ...eval.judge import load_judge
 from ...eval.logs import RetainReference
 from ..base import Column, Evaluation, Suite
 from . import assets
@@ -60,6 +61,7 @@ class SyntheticSuite(Suite):
                         for name, rows in self.splits.items()}
         self.forget_rows, self.forget, self.retain = self.splits["forget"], self.encoded["forget"], self.encoded["retain"]
         self.has_spans = True
+        self.judge = load_judge(self.cfg.eval.leak_judge) if self.cfg.eval.leak else None  # fails before training
         log(f"data: {', '.join(f'{k} {len(v)}' for k, v in self.splits.items())} QA pairs; "
             f"vocab {len(self.tokenizer)}  ({time.perf_counter() - t0:.0f}s)")
 
@@ -99,7 +101,7 @@ class SyntheticSuite(Suite):
         result = evaluate_model(model, self.tokenizer, evaluation_splits(self.splits, e.retain_authors),
                                 self.cfg.tokenizer.max_length, e.batch_size, e.max_new_tokens, e.generate,
                                 retain_forget_truth_ratios=retain.forget_truth_ratio if retain is not None else None,
-                                leak_rows=e.leak_rows if e.leak else None)
+                                leak_rows=e.leak_rows if e.leak else None, leak_judge=self.judge)
         return Evaluation(result.metrics, result.samples,
                           retain_reference=RetainReference(result.forget_truth_ratios, source="retain model"))
 

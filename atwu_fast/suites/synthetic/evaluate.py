@@ -37,6 +37,7 @@ class EvalConfig:
     leak: bool = option("with generate: the leak metrics (leak_worst J_W, leak_paraphrase, leak_icr, leak_retain "
                         "J_avg; docs/benchmarks.md)", True)
     leak_rows: int = option("forget rows probed for the leak metrics (0: all)", 0)
+    leak_judge: str = option("a local causal LM (directory or hub id) that judges leaks instead of target-word matching: it answers whether each answer states the facts, in any wording (default: exact target-word match)", "")
 
     def validate(self) -> None:
         check(self.eval_every >= 0, "eval.eval_every must be >= 0")
@@ -126,9 +127,11 @@ def evaluation_splits(splits: dict[str, list[dict]], retain_authors: int) -> dic
 
 def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: int, batch_size: int,
                    max_new_tokens: int, generate: bool = True,
-                   retain_forget_truth_ratios: np.ndarray | None = None, leak_rows: int | None = 0) -> ModelEvaluation:
+                   retain_forget_truth_ratios: np.ndarray | None = None, leak_rows: int | None = 0,
+                   leak_judge=None) -> ModelEvaluation:
     """All metrics of one model; pass :func:`evaluation_splits` to bound the retain cost. With ``generate``
-    the leak metrics on the first ``leak_rows`` forget rows (0: all; None: no leak metrics)."""
+    the leak metrics on the first ``leak_rows`` forget rows (0: all; None: no leak metrics), judged by
+    ``leak_judge`` (None: target-word match; :mod:`atwu_fast.eval.judge`)."""
     model.eval()
     kw = {"max_length": max_length, "batch_size": batch_size}
     forget, retain, general = splits["forget"], splits["retain"], splits["general"]
@@ -163,7 +166,8 @@ def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: 
             n = leak_rows or len(forget)
             leaks, _ = leak_metric.evaluate_leak(
                 lambda probes: probe_generations(model, tokenizer, probes, max_new_tokens, batch_size, "leak probes"),
-                forget[:n], retain, original=gens["forget"][:n], retain_rows=retain, retain_answers=gens["retain"])
+                forget[:n], retain, original=gens["forget"][:n], retain_rows=retain, retain_answers=gens["retain"],
+                judge=leak_judge)
             out.update(leaks)
         utility = [out["retain_prob"], out["retain_rouge"], out["retain_truth_ratio"],
                    out["general_prob"], out["general_rouge"], out["general_truth_ratio"]]

@@ -29,6 +29,7 @@ the embedded benchmark's (``--tuned``). They belong to the tiny models: a real T
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -53,6 +54,22 @@ CACHE_VERSION = 1
 AUTHOR_ROWS = 20  # TOFU: every fictitious author has 20 consecutive QA rows in full / retainNN / forgetNN
 GENERAL = ("real_authors", "world_facts")  # the general-knowledge sets both tiny models learn
 TEXT_FIELDS = ("question", "answer", "paraphrased_question", "paraphrased_answer", "perturbed_answer")
+
+
+UNDERFIT_FACTOR = 4  # a tiny model stopped by the step cap above this multiple of the target loss is flagged
+
+
+def underfit_note(kind: str, summary: dict, schedule: FinetuneConfig) -> str | None:
+    """A warning when a tiny model stopped at the step cap with its answer NLL above ``UNDERFIT_FACTOR`` x
+    the target loss: some seeds sit on a loss plateau for hundreds of steps, and the cap then leaves a
+    model that has not learned its rows (a weak retain reference for forget quality, or a target with
+    little to forget)."""
+    capped = schedule.epochs == 0 and summary.get("steps", 0) >= schedule.max_steps
+    if capped and schedule.target_loss > 0 and summary.get("final_nll", 0.0) > UNDERFIT_FACTOR * schedule.target_loss:
+        return (f"warning: the tiny TOFU {kind} model stopped at the {schedule.max_steps}-step cap with answer NLL "
+                f"{summary['final_nll']:.2f} (aim {schedule.target_loss:g}): it under-fits, and this seed's results "
+                f"compare against it; raise --tiny.finetune.max_steps or use another seed")
+    return None
 
 
 def tofu_schedule() -> FinetuneConfig:
@@ -185,17 +202,19 @@ class TinyTofuSuite(TofuSuite):
     def prepare_models(self, log) -> None:
         self.dirs = self.model_dirs()
         missing = [k for k, d in self.dirs.items() if not (d / SUMMARY_FILE).exists()]
-        if not missing:
-            return
-        log(f"fine-tuning the tiny TOFU {' and '.join(missing)} model(s); cached for later runs")
         t = self.tcfg
-        jobs = {k: partial(_train_tiny, k, str(self.tok_dir), encode_training(self.fmt, self.train_rows[k], k),
-                           t.model, self.max_positions, t.finetune, t.model.seed + (0 if k == "target" else 1),
-                           str(self.dirs[k]))
-                for k in missing}
-        for k, s in run_jobs(jobs).items():
-            log(f"  {k}: {s['rows']} QA pairs, {s['steps']} steps, final answer NLL {s['final_nll']:.4f} "
-                f"({s['seconds']:.0f}s, {s['cpu_seconds']:.0f} CPU s)")
+        if missing:
+            log(f"fine-tuning the tiny TOFU {' and '.join(missing)} model(s); cached for later runs")
+            jobs = {k: partial(_train_tiny, k, str(self.tok_dir), encode_training(self.fmt, self.train_rows[k], k),
+                               t.model, self.max_positions, t.finetune, t.model.seed + (0 if k == "target" else 1),
+                               str(self.dirs[k]))
+                    for k in missing}
+            for k, s in run_jobs(jobs).items():
+                log(f"  {k}: {s['rows']} QA pairs, {s['steps']} steps, final answer NLL {s['final_nll']:.4f} "
+                    f"({s['seconds']:.0f}s, {s['cpu_seconds']:.0f} CPU s)")
+        for k, d in self.dirs.items():  # cached models too: every run on an under-fit pair says so
+            if note := underfit_note(k, json.loads((d / SUMMARY_FILE).read_text()), t.finetune):
+                log(note)
 
     def load_model(self, kind: str):
         model, _ = load_pretrained(str(self.dirs[kind]), "", self.bcfg.dtype, self.bcfg.device)

@@ -3,6 +3,7 @@ to CI size: two tiny models fine-tuned (cached), unlearning, the TOFU evaluation
 against the local retain model, span alignment against the split's target words."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from atwu_fast.suites.tofu_tiny import AUTHOR_ROWS, author_subset
+from atwu_fast.suites.tofu_tiny import AUTHOR_ROWS, author_subset, tofu_schedule, underfit_note
 from atwu_fast.unlearn.__main__ import main
 
 TOFU = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tofu"
@@ -80,10 +81,22 @@ def test_the_models_learn_the_author_subset_and_are_cached(run, capsys):
     capsys.readouterr()
     assert main(REDUCED + ["--method", "grad_diff", "--output-dir", str(run / "b"), "--cache-dir",
                            str(run / "cache")]) == 0
-    assert "fine-tuning the tiny" not in capsys.readouterr().out  # both models came from the cache
+    out = capsys.readouterr().out
+    assert "fine-tuning the tiny" not in out  # both models came from the cache
+    # 40 steps leave both models far above 4 x the 0.05 target loss: a cached pair still says it under-fits
+    assert out.count("stopped at the 40-step cap") == 2
     first = json.loads((run / "a" / "results.json").read_text())["grad_diff"]
     again = json.loads((run / "b" / "results.json").read_text())["grad_diff"]
     assert again["forget_quality"] == first["forget_quality"]
+
+
+def test_underfit_note_flags_a_capped_model_far_above_the_target_loss():
+    schedule = tofu_schedule()  # 1500-step cap, target loss 0.05
+    assert underfit_note("retain", {"steps": 1500, "final_nll": 0.80}, schedule).startswith(
+        "warning: the tiny TOFU retain model stopped at the 1500-step cap with answer NLL 0.80")
+    assert underfit_note("target", {"steps": 1500, "final_nll": 0.10}, schedule) is None  # near the aim
+    assert underfit_note("target", {"steps": 900, "final_nll": 0.80}, schedule) is None  # stopped by the loss
+    assert underfit_note("target", {"steps": 1500, "final_nll": 0.80}, replace(schedule, target_loss=0.0)) is None
 
 
 def test_author_subset_takes_every_retain_eval_author_then_the_first_others():

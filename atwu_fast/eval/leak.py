@@ -43,6 +43,8 @@ ICR_EXAMPLES = 3  # in-context retain QA pairs per ICR probe
 PROBES = ("original", "paraphrase", "original_icr", "paraphrase_icr")
 Context = tuple[tuple[str, str], ...]  # (question, answer) pairs placed before the question
 Probe = tuple[str, Context]  # (question, context)
+JudgeItem = tuple[str, Sequence[str], str]  # (question, target words, answer)
+Judge = Callable[[list[JudgeItem]], list[bool]]  # one verdict per item: the answer states its targets
 
 _SPACE = re.compile(r"\s+")
 
@@ -145,8 +147,7 @@ def leak_metrics(leaks: Sequence[dict[str, bool]], kept: Sequence[bool] | None =
 def evaluate_leak(generate: Callable[[list[Probe]], list[str]], forget: Sequence[dict], retain: Sequence[dict],
                   original: Sequence[str] | None = None, retain_answers: Sequence[str] | None = None,
                   retain_rows: Sequence[dict] | None = None, k: int = ICR_EXAMPLES, seed: int = 0,
-                  judge: Callable[[list[tuple[str, Sequence[str], str]]], list[bool]] | None = None,
-                  ) -> tuple[dict[str, float], list[dict]]:
+                  judge: Judge | None = None) -> tuple[dict[str, float], list[dict]]:
     """The leak metrics of one model. ``generate(probes)`` answers (question, context) probes greedily
     (the suite's prompt format and generation); ``forget`` are the judged forget rows, ``retain`` the
     pool of in-context examples. ``original``: answers already generated to the forget rows' questions
@@ -164,10 +165,9 @@ def evaluate_leak(generate: Callable[[list[Probe]], list[str]], forget: Sequence
         answers.update({(i, "original"): original[i] for i, _, _ in judged})
     keyed = [((i, n), (row["question"], targets, answers[(i, n)]))
              for i, row, targets in judged for n in PROBES if (i, n) in answers]
-    kept_items = []
-    if retain_rows is not None and retain_answers is not None:
-        kept_items = [(r["question"], t, a) for r, a in zip(retain_rows, retain_answers, strict=True)
-                      if (t := row_targets(r))]
+    with_retain = retain_rows is not None and retain_answers is not None
+    kept_items = [(r["question"], t, a) for r, a in zip(retain_rows, retain_answers, strict=True)
+                  if (t := row_targets(r))] if with_retain else []
     items = [item for _, item in keyed] + kept_items
     verdicts = (judge or substring_judge)(items) if items else []
     if len(verdicts) != len(items):
@@ -181,11 +181,11 @@ def evaluate_leak(generate: Callable[[list[Probe]], list[str]], forget: Sequence
         records.append({"index": i, "question": row["question"], "target_words": targets,
                         "generations": {n: answers[(i, n)] for n in names}, "leaked": flags,
                         "leak_worst": any(flags.values())})
-    kept = [bool(v) for v in verdicts[len(keyed):]] if retain_rows is not None and retain_answers is not None else None
+    kept = [bool(v) for v in verdicts[len(keyed):]] if with_retain else None
     return leak_metrics(leaks, kept), records
 
 
-def substring_judge(items: list[tuple[str, Sequence[str], str]]) -> list[bool]:
+def substring_judge(items: list[JudgeItem]) -> list[bool]:
     """The default judge: each (question, target words, answer) item's answer contains one of its target
     words (:func:`contains_target`)."""
     return [contains_target(answer, targets) for _, targets, answer in items]

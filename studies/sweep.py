@@ -191,6 +191,9 @@ TOFU_LEVELS = (-45.0, -40.0, -35.0, -30.0, -25.0, -20.0, -15.0, -10.0)
 COMPARED = list(METHODS)
 ORACLES = ("atwu_oracle", "atwu_oracle_facts")  # ground-truth masks: controls, not methods a user can run
 TOFU_FQ_LEVEL = 1e-15  # the tiny-TOFU studies' --tune.fq_level: visible forgetting at laptop scale (target ≈ 1e-50)
+# Paired per-seed differences of the comparison: the default against every method, and each ATWU plug-in (and
+# learned scores) against what it plugs into (the frozen-score control for learned scores)
+COMPARE_BASELINES = dict(baseline="atwu_logfit", more_baselines=("atwu_frozen", "grad_diff", "idk_dpo", "npo", "rmu"))
 
 
 def reached(level: float):
@@ -254,12 +257,13 @@ GRIDS: dict[str, Grid] = {
                      "sample-level methods"),
     "compare": Grid([(name, name, {}) for name in COMPARED], lrs=[TUNED], seeds=TuneOptions().eval_seeds,
                     quick=False, columns=compare_columns(TuneOptions().fq_level), intervals=True, controls=ORACLES,
+                    **COMPARE_BASELINES,
                     doc="every method at its shipped tuned values (package defaults where none are tuned) on "
                         "the embedded benchmark, 8 fresh seeds (none a tuning seed), with generation: the "
                         "comparison table"),
     "compare_tofu": Grid([(name, name, {}) for name in COMPARED], lrs=[TUNED], seeds=TuneOptions().eval_seeds,
                          base=TOFU_TINY, quick=False, columns=compare_columns(TOFU_FQ_LEVEL), intervals=True,
-                         controls=ORACLES,
+                         controls=ORACLES, **COMPARE_BASELINES,
                          doc="every method at its tuned values on TOFU at laptop scale (package defaults where none "
                              "are tuned), 8 fresh seeds (each a fresh tiny pair, fine-tuned once), with generation: "
                              "the comparison table on real text"),

@@ -96,10 +96,26 @@ def test_top_level_is_the_documented_layers_and_commands():
 def test_no_pointer_to_documents_outside_the_project():
     """The design notes the project grew from are not shipped: a name like theirs must be a file of
     the project (relative to the root or to the naming file's folder)."""
-    shipped = [*PACKAGE.rglob("*.py"), *(ROOT / "kernels").rglob("*.py"), *(ROOT / "docs").rglob("*.md"),
+    shipped = [*PACKAGE.rglob("*.py"), *(ROOT / "atwu_kernels").rglob("*.py"), *(ROOT / "docs").rglob("*.md"),
                ROOT / "README.md"]
     pattern = re.compile(r"[\w./-]*\b(?:ATWU|DESIGN|kernels)\.md\b")
     found = [f"{p.relative_to(ROOT)}:{i}: {name}" for p in shipped for i, line in enumerate(p.read_text().splitlines(), 1)
              for name in pattern.findall(line)
              if not any((base / name).is_file() for base in (ROOT, p.parent))]
     assert not found, found
+
+
+def test_every_top_level_package_folder_is_named_as_it_is_imported():
+    """A folder at the repository root with an ``__init__.py`` is importable under its folder name whenever
+    the root is on ``sys.path`` (pytest, ``python -m`` from a checkout). A package installed under another
+    name would shadow a third-party module of the folder's name: the kernels once lived in ``kernels/``,
+    which hid the ``kernels`` package that transformers imports."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(setuptools["packages"])
+    top = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert "package-dir" not in setuptools
+    assert {name for name in top if name not in {"studies", "benchmarks", "tests"}} <= declared
+    assert {name for name in declared if "." not in name} <= top

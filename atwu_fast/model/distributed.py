@@ -13,8 +13,13 @@ ATWU scorer (D + 1 parameters) is replicated; its gradient is summed with an all
 
 from __future__ import annotations
 
+import functools
+import gc
+import importlib
 import math
 import os
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,11 +74,61 @@ class DistContext:
 SINGLE = DistContext()
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group cleanly (after every rank is done)."""
-    if ctx.enabled and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+GROUP_OUTLIVED_SHUTDOWN = ("the process group is still referenced after shutdown (a model or optimizer of the "
+                           "run is alive); the process may abort at exit")
+
+
+def shutdown(ctx: DistContext) -> bool:
+    """Leave the process group cleanly, after every rank is done and after the caller has let go of
+    the models that hold the group (FSDP's device mesh, a DDP wrapper). Returns whether the group is
+    gone (always true for one process); warns when something still holds it.
+
+    Why the group must be freed here and not at exit: gloo's worker threads drop a finished
+    collective's tensors on their own schedule, after the caller's ``wait`` returned. If the group
+    outlives the interpreter, a thread that does so during finalisation cannot take the GIL and the
+    process aborts ("terminate called without an active exception"), at random and more often under
+    load. The group's destructor joins those threads, so freeing it while the interpreter is whole
+    closes the race: destroy it, empty torch's DTensor caches that hold FSDP's device mesh (and so
+    the group) for the life of the process, and collect the reference cycles that still name it."""
+    if not (ctx.enabled and dist.is_initialized()):
+        return True
+    group = weakref.ref(dist.group.WORLD)
+    dist.barrier()
+    dist.destroy_process_group()
+    clear_mesh_caches()
+    gc.collect()
+    if group() is not None:
+        warnings.warn(GROUP_OUTLIVED_SHUTDOWN, RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+# Caches torch keeps for the life of the process that are not functools caches but whose keys hold
+# a DeviceMesh (and so the process group under it): (module, attribute path of the call that empties it).
+MESH_CACHES = (
+    ("torch.distributed.tensor.debug", "_clear_fast_path_sharding_prop_cache"),  # DTensor's C++ dispatch cache
+    ("torch.distributed.tensor._redistribute", "clear_redistribute_planner_cache"),
+)
+
+
+def clear_mesh_caches() -> None:
+    """Empty torch.distributed's memo caches: every functools cache its modules define (sharding
+    propagation, redistribution plans, mesh topology: keyed by DTensor specs or meshes) and the ones
+    in :data:`MESH_CACHES`; one this torch does not have is skipped. Only for after the last collective:
+    they refill on use."""
+    for obj in gc.get_objects():
+        if isinstance(obj, functools._lru_cache_wrapper) and str(getattr(obj, "__module__", "")).startswith(
+                "torch.distributed."):
+            obj.cache_clear()
+    for module_name, path in MESH_CACHES:
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for part in path.split("."):
+            target = getattr(target, part, None)
+        if callable(target):
+            target()
 
 
 def init_from_env(cuda: bool | None = None) -> DistContext:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from test_cli import TINY  # tests/ is on sys.path
 from test_real_report import TOFU
 
+from atwu_fast.model.distributed import GROUP_OUTLIVED_SHUTDOWN
 from atwu_fast.unlearn.__main__ import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -50,6 +51,7 @@ def test_two_ranks_write_the_single_process_results(single_run, launcher, parall
     proc = torchrun(TINY + ["--methods", METHODS, "--output-dir", str(out), "--cache-dir", str(root / "cache"),
                             "--efficiency.parallel", parallel], launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert GROUP_OUTLIVED_SHUTDOWN not in proc.stderr  # every rank freed its group before exit
     assert yaml.safe_load((out / "config.yaml").read_text())["efficiency"]["parallel"] == engine
     assert proc.stdout.count("results written to") == 1  # rank 0 alone reports
     got = json.loads((out / "results.json").read_text())
@@ -85,6 +87,7 @@ def test_torchrun_tofu_run_equals_one_process(tofu_single, parallel):
     out = root / parallel
     proc = torchrun(args + ["--output-dir", str(out), "--efficiency.parallel", parallel])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert GROUP_OUTLIVED_SHUTDOWN not in proc.stderr  # every rank freed its group before exit
     got = json.loads((out / "results.json").read_text())
     assert set(got) == set(expected) == {"atwu", "npo"}
     for name, metrics in expected.items():
@@ -114,6 +117,7 @@ def test_torchrun_eval_gathers_every_row(tmp_path, bench):
     proc = subprocess.run([*LAUNCHERS["torchrun"], "-m", "atwu_fast.eval", *args, "--output-dir", str(tmp_path / "two")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert GROUP_OUTLIVED_SHUTDOWN not in proc.stderr  # every rank freed its group before exit
     name = bench.upper()
     single = json.loads((tmp_path / "single" / f"{name}_EVAL.json").read_text())
     two = json.loads((tmp_path / "two" / f"{name}_EVAL.json").read_text())

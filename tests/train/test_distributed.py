@@ -3,6 +3,7 @@
 import datetime
 import time
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -107,22 +108,35 @@ def build(method: str, ctx: DistContext, parallel: str = "ddp", params: dict | N
                      forget_source=splits["forget"][:12], encode=lambda q, a: encode_qa(tok, q, a, 64))
 
 
-def worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, params: dict) -> None:
+def in_gloo_group(body: Callable[..., None], rank: int, world: int, init_file: str, *args) -> None:
+    """Run ``body(ctx, *args)`` as one rank of a gloo group, then leave it. ``body`` returns before
+    the group is shut down, so its models are gone by then; the group itself must be gone after
+    :func:`shutdown` (a group alive at interpreter exit can abort the process at random)."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))  # a stuck collective fails, never hangs
+    ctx = DistContext(rank, world)
     try:
-        unlearner = build(method, DistContext(rank, world), parallel, params)
-        gradients = first_step_gradients(unlearner)
-        result = unlearner.run()
-        learned = getattr(unlearner.hooks, "scorer", None)
-        weights = full_state_dict(unlearner.model)  # a collective under FSDP
-        if rank == 0:
-            torch.save({"losses": [h["loss"] for h in result.history], "gradients": gradients,
-                        "weights": {k: v.detach().clone() for k, v in weights.items()},
-                        "scorer": {k: v.detach().clone() for k, v in learned.state_dict().items()}
-                        if learned is not None else {}}, out)
+        body(ctx, *args)
     finally:
-        shutdown(DistContext(rank, world))
+        released = shutdown(ctx)
+    assert released, "the process group outlived shutdown"
+
+
+def train_and_save(ctx: DistContext, method: str, out: str, parallel: str, params: dict) -> None:
+    unlearner = build(method, ctx, parallel, params)
+    gradients = first_step_gradients(unlearner)
+    result = unlearner.run()
+    learned = getattr(unlearner.hooks, "scorer", None)
+    weights = full_state_dict(unlearner.model)  # a collective under FSDP
+    if ctx.is_main:
+        torch.save({"losses": [h["loss"] for h in result.history], "gradients": gradients,
+                    "weights": {k: v.detach().clone() for k, v in weights.items()},
+                    "scorer": {k: v.detach().clone() for k, v in learned.state_dict().items()}
+                    if learned is not None else {}}, out)
+
+
+def worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, params: dict) -> None:
+    in_gloo_group(train_and_save, rank, world, init_file, method, out, parallel, params)
 
 
 def run_two_ranks(method: str, tmp_path, out, parallel: str = "ddp", params: dict | None = None,
@@ -191,27 +205,26 @@ class Interrupt(Exception):
 def resume_worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, ckpt: str,
                   params: dict) -> None:
     """Train until step 3 (checkpoint at step 2), stop, then resume in a fresh Unlearner."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
-    try:
-        first = build(method, DistContext(rank, world), parallel, params)
-        first.cfg.checkpoint_every = 2
+    in_gloo_group(interrupt_and_resume, rank, world, init_file, method, out, parallel, ckpt, params)
 
-        def stop(stats):
-            if stats["step"] == 3:
-                raise Interrupt
 
-        with pytest.raises(Interrupt):
-            first.run(on_step=stop, checkpoint_dir=ckpt)
-        second = build(method, DistContext(rank, world), parallel, params)
-        second.cfg.checkpoint_every = 2
-        steps_run: list[int] = []
-        result = second.run(on_step=lambda stats: steps_run.append(stats["step"]), checkpoint_dir=ckpt, resume=True)
-        weights = full_state_dict(second.model)
-        if rank == 0:
-            torch.save({"losses": [h["loss"] for h in result.history], "weights": weights, "steps_run": steps_run}, out)
-    finally:
-        shutdown(DistContext(rank, world))
+def interrupt_and_resume(ctx: DistContext, method: str, out: str, parallel: str, ckpt: str, params: dict) -> None:
+    first = build(method, ctx, parallel, params)
+    first.cfg.checkpoint_every = 2
+
+    def stop(stats):
+        if stats["step"] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        first.run(on_step=stop, checkpoint_dir=ckpt)
+    second = build(method, ctx, parallel, params)
+    second.cfg.checkpoint_every = 2
+    steps_run: list[int] = []
+    result = second.run(on_step=lambda stats: steps_run.append(stats["step"]), checkpoint_dir=ckpt, resume=True)
+    weights = full_state_dict(second.model)
+    if ctx.is_main:
+        torch.save({"losses": [h["loss"] for h in result.history], "weights": weights, "steps_run": steps_run}, out)
 
 
 @pytest.mark.slow
@@ -230,36 +243,35 @@ def test_two_ranks_resume_from_checkpoint_equals_uninterrupted(tmp_path, paralle
 
 
 def map_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
-    try:
-        seen: list[list[int]] = []
+    in_gloo_group(map_and_save, rank, world, init_file, out)
 
-        def square(model, part):
-            seen.append(list(part))
-            return [x * x for x in part]
 
-        items = list(range(7))
-        model = torch.nn.Linear(2, 2)
-        with collective_eval(DistContext(rank, world)):
-            gathered = map_batches(model, items, 2, square)
-        alone = map_batches(model, items, 2, square)  # outside the block: this rank maps everything
-        # an FSDP-sharded model: 5 rows over 2 ranks = batches of [2, 1] and [2] rows; rank 1 must run a
-        # padding forward (its own batches alone would leave rank 0's second all-gather unmatched: a hang)
-        sharded = build("grad_diff", DistContext(rank, world), "fsdp").model
-        forwards: list[int] = []
+def map_and_save(ctx: DistContext, out: str) -> None:
+    seen: list[list[int]] = []
 
-        def logits_sum(m, part):
-            forwards.append(len(part))
-            out = m(input_ids=torch.tensor([[1, 2, 3]] * len(part))).logits
-            return [float(out[i].sum()) for i in range(len(part))]
+    def square(model, part):
+        seen.append(list(part))
+        return [x * x for x in part]
 
-        with collective_eval(DistContext(rank, world)):
-            fsdp_rows = map_batches(sharded, list(range(5)), 2, logits_sum)
-        torch.save({"gathered": gathered, "alone": alone, "seen": seen, "fsdp_rows": fsdp_rows,
-                    "forwards": forwards}, f"{out}.{rank}")
-    finally:
-        shutdown(DistContext(rank, world))
+    items = list(range(7))
+    model = torch.nn.Linear(2, 2)
+    with collective_eval(ctx):
+        gathered = map_batches(model, items, 2, square)
+    alone = map_batches(model, items, 2, square)  # outside the block: this rank maps everything
+    # an FSDP-sharded model: 5 rows over 2 ranks = batches of [2, 1] and [2] rows; rank 1 must run a
+    # padding forward (its own batches alone would leave rank 0's second all-gather unmatched: a hang)
+    sharded = build("grad_diff", ctx, "fsdp").model
+    forwards: list[int] = []
+
+    def logits_sum(m, part):
+        forwards.append(len(part))
+        out = m(input_ids=torch.tensor([[1, 2, 3]] * len(part))).logits
+        return [float(out[i].sum()) for i in range(len(part))]
+
+    with collective_eval(ctx):
+        fsdp_rows = map_batches(sharded, list(range(5)), 2, logits_sum)
+    torch.save({"gathered": gathered, "alone": alone, "seen": seen, "fsdp_rows": fsdp_rows,
+                "forwards": forwards}, f"{out}.{ctx.rank}")
 
 
 @pytest.mark.slow

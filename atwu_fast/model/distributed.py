@@ -104,7 +104,7 @@ def shutdown(ctx: DistContext) -> bool:
 
 
 # Caches torch keeps for the life of the process that are not functools caches but whose keys hold
-# a DeviceMesh (and so the process group under it): (module, attribute path of the call that empties it).
+# a DeviceMesh (and so the process group under it): (module, the function that empties it).
 MESH_CACHES = (
     ("torch.distributed.tensor.debug", "_clear_fast_path_sharding_prop_cache"),  # DTensor's C++ dispatch cache
     ("torch.distributed.tensor._redistribute", "clear_redistribute_planner_cache"),
@@ -120,15 +120,13 @@ def clear_mesh_caches() -> None:
         if isinstance(obj, functools._lru_cache_wrapper) and str(getattr(obj, "__module__", "")).startswith(
                 "torch.distributed."):
             obj.cache_clear()
-    for module_name, path in MESH_CACHES:
+    for module_name, function_name in MESH_CACHES:
         try:
-            target: Any = importlib.import_module(module_name)
+            clear = getattr(importlib.import_module(module_name), function_name, None)
         except ImportError:
             continue
-        for part in path.split("."):
-            target = getattr(target, part, None)
-        if callable(target):
-            target()
+        if callable(clear):
+            clear()
 
 
 def init_from_env(cuda: bool | None = None) -> DistContext:

@@ -108,10 +108,10 @@ def build(method: str, ctx: DistContext, parallel: str = "ddp", params: dict | N
                      forget_source=splits["forget"][:12], encode=lambda q, a: encode_qa(tok, q, a, 64))
 
 
-def in_gloo_group(body: Callable[..., None], rank: int, world: int, init_file: str, *args) -> None:
-    """Run ``body(ctx, *args)`` as one rank of a gloo group, then leave it. ``body`` returns before
-    the group is shut down, so its models are gone by then; the group itself must be gone after
-    :func:`shutdown` (a group alive at interpreter exit can abort the process at random)."""
+def in_gloo_group(rank: int, world: int, init_file: str, body: Callable[..., None], *args) -> None:
+    """A spawned rank: run ``body(ctx, *args)`` as one rank of a gloo group, then leave it. ``body``
+    returns before the group is shut down, so its models are gone by then; the group itself must be
+    gone after :func:`shutdown` (a group alive at interpreter exit can abort the process at random)."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))  # a stuck collective fails, never hangs
     ctx = DistContext(rank, world)
@@ -135,17 +135,13 @@ def train_and_save(ctx: DistContext, method: str, out: str, parallel: str, param
                     if learned is not None else {}}, out)
 
 
-def worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, params: dict) -> None:
-    in_gloo_group(train_and_save, rank, world, init_file, method, out, parallel, params)
-
-
 def run_two_ranks(method: str, tmp_path, out, parallel: str = "ddp", params: dict | None = None,
                   deadline_s: float = 300.0) -> None:
     """Spawn 2 ranks and wait for them. A rank that has written its results but does not exit within
     the deadline is terminated with a warning instead of hanging the suite (gloo teardown can hang
     if a DDP reducer is the last owner of the group; Unlearner.release_distributed prevents that)."""
-    context = mp.start_processes(worker, args=(2, str(tmp_path / "init"), method, str(out), parallel, params or {}),
-                                 nprocs=2, join=False, start_method="spawn")
+    args = (2, str(tmp_path / "init"), train_and_save, method, str(out), parallel, params or {})
+    context = mp.start_processes(in_gloo_group, args=args, nprocs=2, join=False, start_method="spawn")
     start = time.time()
     while not context.join(timeout=5):
         if time.time() - start > deadline_s:
@@ -202,13 +198,8 @@ class Interrupt(Exception):
     pass
 
 
-def resume_worker(rank: int, world: int, init_file: str, method: str, out: str, parallel: str, ckpt: str,
-                  params: dict) -> None:
-    """Train until step 3 (checkpoint at step 2), stop, then resume in a fresh Unlearner."""
-    in_gloo_group(interrupt_and_resume, rank, world, init_file, method, out, parallel, ckpt, params)
-
-
 def interrupt_and_resume(ctx: DistContext, method: str, out: str, parallel: str, ckpt: str, params: dict) -> None:
+    """Train until step 3 (checkpoint at step 2), stop, then resume in a fresh Unlearner."""
     first = build(method, ctx, parallel, params)
     first.cfg.checkpoint_every = 2
 
@@ -234,16 +225,12 @@ def test_two_ranks_resume_from_checkpoint_equals_uninterrupted(tmp_path, paralle
     single = build("atwu", SINGLE, params=params)
     losses = [h["loss"] for h in single.run().history]
     out = tmp_path / "rank0.pt"
-    mp.start_processes(resume_worker, args=(2, str(tmp_path / "init"), "atwu", str(out), parallel, str(tmp_path / "ckpt"),
-                                            params), nprocs=2, join=True, start_method="spawn")
+    args = (2, str(tmp_path / "init"), interrupt_and_resume, "atwu", str(out), parallel, str(tmp_path / "ckpt"), params)
+    mp.start_processes(in_gloo_group, args=args, nprocs=2, join=True, start_method="spawn")
     got = torch.load(out, weights_only=True)
     assert got["steps_run"] == [3, 4]  # resumed from the step-2 checkpoint
     assert got["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)  # history restored, then steps 3-4
     assert_adam_weights_match(got["weights"], single.model.state_dict())
-
-
-def map_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    in_gloo_group(map_and_save, rank, world, init_file, out)
 
 
 def map_and_save(ctx: DistContext, out: str) -> None:
@@ -278,7 +265,7 @@ def map_and_save(ctx: DistContext, out: str) -> None:
 @pytest.mark.distributed
 def test_collective_map_shards_rows_and_gathers_them_in_order(tmp_path):
     out = tmp_path / "map"
-    mp.start_processes(map_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True,
+    mp.start_processes(in_gloo_group, args=(2, str(tmp_path / "init"), map_and_save, str(out)), nprocs=2, join=True,
                        start_method="spawn")
     ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
     for got in ranks:

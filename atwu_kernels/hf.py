@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import transformers
 
+from .families import model_logit_transform
 from .ops import weighted_linear_cross_entropy
 
 
@@ -40,15 +41,16 @@ def compute_weighted_causal_lm_loss(
     hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     head = model.get_output_embeddings()
     weights = None if token_weights is None else token_weights[:, 1:]
+    transform = model_logit_transform(model)  # softcap / scale / multiplier of the model's family
     return weighted_linear_cross_entropy(
         hidden[:, :-1],
         head.weight,
         labels[:, 1:],
         weights,
         bias=getattr(head, "bias", None),
-        softcap=getattr(model.config, "final_logit_softcapping", None),
         ignore_index=ignore_index,
         impl=impl,
+        **transform.kwargs(),
     )
 
 

@@ -37,6 +37,10 @@ class LogitTransform:
             softcap=None if softcap is None else float(softcap),
         )
 
+    def kwargs(self) -> dict:
+        """As the ops' keyword arguments: ``op(..., **transform.kwargs())``."""
+        return {"logit_scale": self.scale, "softcap": self.softcap}
+
     @property
     def is_identity(self) -> bool:
         return self.scale is None and self.softcap is None

@@ -35,7 +35,7 @@ CASES = {
 
 def measure(model_path: str, lora: int, optim: str, checkpointing: bool, method: str, batch: int, seq_len: int,
             steps: int, chunk: int) -> dict:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoModelForCausalLM
 
     from atwu_fast.methods import get_method
     from atwu_fast.model.loading import build_unlearn_model, choose_attn_implementation
@@ -43,8 +43,8 @@ def measure(model_path: str, lora: int, optim: str, checkpointing: bool, method:
     from atwu_fast.train.config import EfficiencyConfig, TrainConfig
     from atwu_fast.train.trainer import Unlearner
 
-    attn = choose_attn_implementation("auto", "cuda", "bfloat16")
     config = AutoConfig.from_pretrained(model_path)
+    attn = choose_attn_implementation("auto", "cuda", "bfloat16", MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
 
     def load():
         with torch.device("cuda"):

@@ -40,10 +40,12 @@ def format_context(context: Sequence[tuple[str, str]]) -> str:
 
 
 def ensure_pad_token(tokenizer) -> bool:
-    """Give the tokenizer a pad token distinct from eos; returns True when one was added (resize!).
+    """Give the tokenizer a pad token distinct from eos; returns True when one was added.
 
-    Prefers unk (never trained on as a target), else adds ``<|pad|>``. Masks come from lengths, so
-    pad only has to be some id that attention never sees.
+    Prefers unk (never trained on as a target), else adds ``<|pad|>`` (the next id). Masks come from
+    lengths, so pad only has to be some id that attention never sees, but the model still needs an
+    embedding row for it: a checkpoint's vocabulary often has spare rows, else it grows by one
+    (:func:`atwu_fast.model.loading.grow_embeddings_for`).
     """
     pad = tokenizer.pad_token_id
     if pad is not None and pad != tokenizer.eos_token_id:

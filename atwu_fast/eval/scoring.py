@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atwu_kernels.families import model_logit_transform
+
 from ..model.generation import greedy_generate
-from ..model.tokens import lm_head, logit_transform, map_answer_tokens, token_nll
+from ..model.tokens import lm_head, map_answer_tokens, token_nll
 
 
 @dataclass
@@ -61,17 +63,12 @@ def logprob_moments(logits: torch.Tensor, rows: int = 256) -> tuple[torch.Tensor
 def chunk_logits(model, hidden: torch.Tensor, chunk_size: int):
     """The model's fp32 logits (its softcap / scale applied) of ``hidden`` rows, ``chunk_size`` at a time."""
     weight, bias = lm_head(model)
-    transform = logit_transform(model)
+    transform = model_logit_transform(model)
     for lo in range(0, hidden.shape[0], chunk_size):
         logits = hidden[lo:lo + chunk_size] @ weight.T
         if bias is not None:
             logits = logits + bias
-        logits = logits.float()
-        if transform["logit_scale"] is not None:
-            logits = logits * transform["logit_scale"]
-        if transform["softcap"] is not None:
-            logits = transform["softcap"] * torch.tanh(logits / transform["softcap"])
-        yield logits
+        yield transform.apply(logits)
 
 
 def row_tokens(model, rows: list[dict], pad_id: int, batch_size: int, argmax: bool = False,

@@ -12,6 +12,7 @@ from typing import Optional
 
 from ..data.io import atomic_dir, atomic_write_json
 from ..model.loading import build_unlearn_model, save_unlearned
+from ..model.probe import exact_packing
 from ..train.config import EfficiencyConfig
 from .loop import FinetuneConfig, FineTuner
 
@@ -28,7 +29,8 @@ def finetune_to_dir(load: Callable[[], object], tokenizer, encoded: list[dict], 
     efficiency = efficiency or EfficiencyConfig()
     model, _, lora = build_unlearn_model(load, efficiency, needs_reference=False)
     wall, cpu = time.perf_counter(), time.process_time()
-    tuner = FineTuner(model, encoded, cfg, tokenizer.pad_token_id, seed, efficiency.optim, efficiency.packing)
+    tuner = FineTuner(model, encoded, cfg, tokenizer.pad_token_id, seed, efficiency.optim,
+                      exact_packing(model, efficiency.packing))
     summary = tuner.run(log, checkpoint_dir, checkpoint_every, resume)
     summary.update(rows=len(encoded), seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
 

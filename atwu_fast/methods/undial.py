@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from atwu_kernels.distill import linear_distillation
 from torch import Tensor
+
+from atwu_kernels.distill import linear_distillation
 
 from ..config import option
 from ..config.search import Float

@@ -2,10 +2,13 @@
 memory: weights dtype, attention kernel, gradient checkpointing, LoRA (:mod:`.lora`).
 
 * dtype: ``float32`` (4 bytes/param), ``bfloat16`` / ``float16`` (2 bytes/param).
-* attention: ``auto`` picks ``flash_attention_2`` when the ``flash_attn`` package is importable,
-  the model runs on CUDA and its weights are bf16/fp16 (FA2's requirements), else ``sdpa`` (memory-
-  efficient / flash SDPA kernels where torch has them). Asking for ``flash_attention_2`` where it
-  cannot run is a one-line error, never a silent fallback.
+* attention: ``auto`` asks the model class what it supports (transformers' ``_supports_flash_attn`` /
+  ``_supports_sdpa`` flags; Gemma-2 has no SDPA, BLOOM neither SDPA nor FA2) and picks
+  ``flash_attention_2`` when the class supports it, the ``flash_attn`` package is importable, the model
+  runs on CUDA and its weights are bf16/fp16 (FA2's requirements), else ``sdpa`` (memory-efficient /
+  flash SDPA kernels where torch has them) where the class supports it, else ``eager``. Asking for an
+  implementation the model does not support, or ``flash_attention_2`` where it cannot run, is a
+  one-line error, never a silent fallback.
 * gradient checkpointing: each decoder layer is recomputed in backward (non-reentrant, so it also
   works with frozen embeddings under LoRA); activations drop from the layer's internals to its input.
 * packing (:func:`atwu_fast.data.collate.pack_rows`): several rows concatenated into one sequence of
@@ -22,6 +25,7 @@ import torch
 
 from ..data.formatting import ensure_pad_token
 from ..data.readers import DataError
+from .probe import ModelCheckError, check_logit_transform
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
@@ -39,19 +43,46 @@ def flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def choose_attn_implementation(requested: str, device: str | torch.device, dtype: str | torch.dtype) -> str:
-    """The attention implementation to load a model with (see the module docstring)."""
+def supported_attn_implementations(model) -> tuple[str, ...]:
+    """The attention implementations ``model`` (a model, or its class) can run with, best first.
+
+    From the class's own flags, as transformers checks them when it dispatches. A built model whose
+    class cannot switch its attention after construction (transformers' ``_can_set_attn_implementation``)
+    supports only the implementation it was built with.
+    """
+    cls = model if isinstance(model, type) else type(model)
+    if not isinstance(model, type):
+        can_set = getattr(cls, "_can_set_attn_implementation", None)
+        current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        if can_set is not None and not can_set() and current in ATTENTION:
+            return (current,)
+    supported = []
+    if getattr(model, "_supports_flash_attn", False) is True:
+        supported.append("flash_attention_2")
+    if getattr(model, "_supports_sdpa", False) is True:
+        supported.append("sdpa")
+    return (*supported, "eager")
+
+
+def choose_attn_implementation(requested: str, device: str | torch.device, dtype: str | torch.dtype, model) -> str:
+    """The attention implementation to run ``model`` (a model, or its class) with (see the module docstring)."""
     if requested not in ATTENTION:
         raise ValueError(f"unknown attention implementation '{requested}'; choose from {', '.join(ATTENTION)}")
+    supported = supported_attn_implementations(model)
+    name = (model if isinstance(model, type) else type(model)).__name__
     device_type = torch.device(device).type
     half = resolve_dtype(dtype) in (torch.bfloat16, torch.float16)
     fa2_ok = flash_attn_installed() and device_type == "cuda" and half
     if requested == "auto":
-        return "flash_attention_2" if fa2_ok else "sdpa"
+        return next(a for a in supported if a != "flash_attention_2" or fa2_ok)
+    if requested not in supported:
+        raise ModelCheckError(f"{name} does not support attn_implementation={requested}; it supports "
+                           f"{', '.join(supported)} (or auto)")
     if requested == "flash_attention_2" and not fa2_ok:
         why = ("the flash-attn package is not installed (pip install 'atwu-fast[flash]')" if not flash_attn_installed()
                else "it needs a CUDA device" if device_type != "cuda" else "it needs bfloat16 or float16 weights")
-        raise RuntimeError(f"attn_implementation=flash_attention_2 is unavailable: {why}; use sdpa or auto")
+        raise ModelCheckError(f"attn_implementation=flash_attention_2 is unavailable: {why}; use "
+                           f"{' or '.join(a for a in supported if a != 'flash_attention_2')} or auto")
     return requested
 
 
@@ -73,7 +104,7 @@ def apply_memory_options(model, dtype: str | torch.dtype = "float32", attn_imple
     """
     torch_dtype = resolve_dtype(dtype)
     device = device if device is not None else next(model.parameters()).device
-    attn = choose_attn_implementation(attn_implementation, device, torch_dtype)
+    attn = choose_attn_implementation(attn_implementation, device, torch_dtype, model)
     model.to(dtype=torch_dtype)
     if getattr(model.config, "_attn_implementation", None) != attn:
         model.set_attn_implementation(attn)
@@ -114,11 +145,25 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+def grow_embeddings_for(model, token_id: int) -> bool:
+    """Give ``model`` an embedding row for ``token_id`` when it has none (grow only, never shrink: the
+    checkpoint's rows and LM head are kept). Returns True when the embeddings were resized."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if token_id < rows:
+        return False
+    model.resize_token_embeddings(token_id + 1)
+    return True
+
+
 def load_pretrained(name: str, tokenizer_name: str = "", dtype: str = "float32", device: str = "auto",
                     trust_remote_code: bool = False):
     """Model and tokenizer from a directory or hub id (remote code only when trusted), in eval mode on
-    ``device``; the tokenizer gets a pad token distinct from eos (unk, or an added one with the
-    embeddings resized)."""
+    ``device``; the tokenizer gets a pad token distinct from eos (unk, or an added one).
+
+    The checkpoint's vocabulary (embedding rows, ``config.vocab_size``) is kept: many checkpoints have
+    more rows than their tokenizer has tokens (Pythia, Phi-2, Qwen2.5), and an added pad token takes
+    one of the spare ids. Only where there is no spare row do the embeddings grow (never shrink), by
+    just enough for the pad id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -127,9 +172,10 @@ def load_pretrained(name: str, tokenizer_name: str = "", dtype: str = "float32",
     except OSError as exc:
         raise DataError(f"could not load model '{name}': {str(exc).splitlines()[0]}") from None
     if ensure_pad_token(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+        grow_embeddings_for(model, tokenizer.pad_token_id)
     model.to(resolve_device(device))
     model.eval()
+    check_logit_transform(model)  # never train or evaluate on a loss that is not the model's own
     return model, tokenizer
 
 

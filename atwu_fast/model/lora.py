@@ -12,14 +12,12 @@ trainer gets ``reference=handle.reference`` (a zero-argument context-manager fac
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _peft():
@@ -63,15 +61,71 @@ class LoraHandle:
         merged_model.save_pretrained(directory)
 
 
-def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-               targets: Sequence[str] = DEFAULT_TARGETS) -> LoraHandle:
-    """Freeze ``model`` and add LoRA adapters (rank ``rank``, scaling ``alpha / rank``) to ``targets``."""
+def decoder_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The text decoder's list of blocks and its full name (``model.layers``, ``transformer.h``,
+    ``model.decoder.layers``, ``model.language_model.layers`` in a multimodal model, ...): the
+    longest ``ModuleList`` child of ``model.get_decoder()``, found in the module tree, not by name."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    lists = [] if decoder is None else [(n, m) for n, m in decoder.named_children() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"cannot find the decoder blocks of {type(model).__name__} (no get_decoder() with a list of layers)")
+    child, blocks = max(lists, key=lambda item: len(item[1]))
+    prefix = next(name for name, module in model.named_modules() if module is decoder)
+    return (f"{prefix}.{child}" if prefix else child), blocks
+
+
+def peft_accepts(model: torch.nn.Module) -> Callable[[str], bool]:
+    """Whether peft's LoRA accepts a module name in this model: peft refuses some per architecture
+    (a Mamba mixer's ``out_proj`` / ``conv1d`` in Falcon-H1); asked of peft itself where it says."""
     peft = _peft()
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in names]
+    check = getattr(getattr(peft.tuners, "tuners_utils", None), "_check_lora_target_modules_mamba", None)
+    if check is None:
+        return lambda name: True
+    config = peft.LoraConfig(r=1, target_modules=["_"])
+
+    def accepts(name: str) -> bool:
+        try:
+            check(config, model, name.rsplit(".", 1)[-1])
+        except ValueError:
+            return False
+        return True
+
+    return accepts
+
+
+def linear_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Full name -> module of every Linear (subclasses included, e.g. Falcon's) / Conv1D inside the
+    decoder blocks that peft's LoRA accepts: what LoRA can adapt."""
+    prefix, blocks = decoder_blocks(model)
+    accepts = peft_accepts(model)
+    found = {f"{prefix}.{name}": module for name, module in blocks.named_modules()
+             if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
+    return {name: module for name, module in found.items() if accepts(name)}
+
+
+def adapted_modules(model: torch.nn.Module, targets: Sequence[str] = ()) -> dict[str, torch.nn.Module]:
+    """The decoder blocks' Linear / Conv1D modules LoRA adapts: every one (``targets`` empty, the default:
+    the same rule for every family, e.g. Llama's q/k/v/o/gate/up/down_proj, GPT-2's c_attn/c_proj/c_fc,
+    Falcon's query_key_value/dense/dense_h_to_4h/dense_4h_to_h), or those whose name ends with one of
+    ``targets``. A target that matches none is a one-line error listing the names there are."""
+    linears = linear_modules(model)
+    if not targets:
+        return linears
+    suffixes = sorted({name.rsplit(".", 1)[-1] for name in linears})
+    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in linears)]
     if missing:
-        raise ValueError(f"LoRA target modules not in the model: {', '.join(missing)}")
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+        raise ValueError(f"LoRA targets {', '.join(missing)} are not linear modules of the decoder blocks of "
+                         f"{type(model).__name__}; its linear modules are: {', '.join(suffixes)}")
+    return {name: m for name, m in linears.items() if any(name == t or name.endswith("." + t) for t in targets)}
+
+
+def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+               targets: Sequence[str] = ()) -> LoraHandle:
+    """Freeze ``model`` and add LoRA adapters (rank ``rank``, scaling ``alpha / rank``) to the modules
+    :func:`adapted_modules` picks for ``targets`` (default: every linear layer of the decoder blocks)."""
+    peft = _peft()
+    names = list(adapted_modules(model, targets))
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
                              bias="none", task_type="CAUSAL_LM")
     wrapped = peft.get_peft_model(model, config)
     return LoraHandle(peft=wrapped, model=wrapped.get_base_model())

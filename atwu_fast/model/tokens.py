@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from atwu_kernels import linear_token_nll
 from torch import Tensor
 from transformers import PreTrainedModel
+
+from atwu_kernels import linear_token_nll
+from atwu_kernels.families import model_logit_transform
 
 from ..data.collate import collate, pack_rows
 from ..data.labels import IGNORE_INDEX
@@ -31,16 +33,10 @@ def lm_head(model: PreTrainedModel) -> tuple[Tensor, Tensor | None]:
 
 
 def logit_transform(model: PreTrainedModel) -> dict:
-    """The model's own map from LM-head outputs to logits, as the kernels' ``softcap`` / ``logit_scale``:
-    Gemma-2/3 cap them (``final_logit_softcapping``: c·tanh(z/c)), Cohere multiplies them by
-    ``logit_scale``, Granite divides them by ``logits_scaling``. None where the model does neither."""
-    config = getattr(model, "config", None)
-    scale = getattr(config, "logit_scale", None)
-    divisor = getattr(config, "logits_scaling", None)
-    if scale is None and divisor not in (None, 1, 1.0):
-        scale = 1.0 / divisor
-    return {"softcap": getattr(config, "final_logit_softcapping", None),
-            "logit_scale": None if scale in (None, 1, 1.0) else float(scale)}
+    """The model's own map from LM-head outputs to logits as the kernels' ``softcap`` / ``logit_scale``
+    keyword arguments, by family (:func:`atwu_kernels.families.model_logit_transform`: Gemma-2/3 caps,
+    Cohere's and Granite's scales, HyperCLOVAX's and Falcon-H1's multipliers, ...)."""
+    return model_logit_transform(model).kwargs()
 
 
 def model_device(model) -> torch.device:

@@ -8,7 +8,6 @@ import json
 import sys
 from dataclasses import asdict
 
-from ..model.lora import DEFAULT_TARGETS
 from ..train.optim import OPTIMIZERS
 from .planner import DTYPE_BYTES, PlanInput, format_plan, load_config, plan
 
@@ -18,7 +17,9 @@ def parse_args(argv=None) -> tuple[PlanInput, bool]:
     ap.add_argument("--model", required=True, help="config.json path, model directory or hub id")
     ap.add_argument("--method", default=PlanInput.method)
     ap.add_argument("--lora", type=int, default=0, metavar="RANK", help="LoRA rank (0: full fine-tuning)")
-    ap.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS))
+    ap.add_argument("--lora-targets", nargs="*", default=[], metavar="NAME",
+                    help="names (suffixes) of the decoder blocks' linear modules to adapt "
+                         "(default: every Linear/Conv1D of the decoder blocks)")
     ap.add_argument("--optim", default="adamw", choices=OPTIMIZERS)
     ap.add_argument("--dtype", default="bfloat16", choices=list(DTYPE_BYTES))
     ap.add_argument("--seq-len", type=int, default=512, help="padded tokens per row")

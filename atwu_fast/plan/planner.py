@@ -7,6 +7,30 @@ query/key-value heads of size ``hd``, ``I`` MLP width, ``V`` vocabulary, ``n = b
 tokens per micro-batch (forget + retain rows, padded), ``N = answer_frac × n`` answer tokens (those
 the LM head sees), ``C = loss_chunk_size``, ``r`` the LoRA rank.
 
+Where the sizes come from (any causal-LM family: Llama, GPT-2, OPT, Falcon, GPT-J, BLOOM, multimodal
+Gemma-3, ...). From the instantiated module tree, exact for every family: ``P`` (shared matrices
+once), ``L`` (the decoder blocks, :func:`atwu_fast.model.lora.decoder_blocks`), ``V`` and the head's
+input width ``D_head`` (the LM head's weight, ``V × D_head``; ``= D`` except e.g. OPT-350m's
+projected head), tied embeddings (the head's weight *is* the input embedding's), and the LoRA
+modules with their shapes (:func:`atwu_fast.model.lora.adapted_modules`: every ``Linear`` and
+transformers ``Conv1D`` of the decoder blocks by default, or those ``lora_targets`` name; a
+``Conv1D`` weight is ``[in, out]``, transposed against ``Linear``). From the text config
+(``config.get_text_config()``) with the usual aliases: ``D`` = ``hidden_size``/``n_embd``/``d_model``,
+``Hq`` = ``num_attention_heads``/``n_head``, ``Hkv`` = ``num_key_value_heads``/``num_kv_heads``
+(default ``Hq``), ``hd`` = ``head_dim`` (default ``D / Hq``), ``I`` = ``intermediate_size``/
+``ffn_dim``/``n_inner``/``ffn_hidden_size`` (default ``4·D``).
+
+Hence weights, gradients, optimizer state (and their FSDP shards), the LoRA adapters and the loss
+head are exact for every family. The activation formulas below are exact for the Llama block layout
+(pre-RMSNorm, separate q/k/v/o, SwiGLU MLP; the layout of Mistral, Qwen2/3, OLMo, Granite, ...,
+measured in tests/train/test_plan.py) and estimates for other layouts: LayerNorm (GPT-2, OPT,
+BLOOM, Falcon, GPT-J, NeoX) saves its input, mean and rstd rather than an fp32 copy; a two-linear
+GELU MLP saves ``2·b·n·I`` rather than SwiGLU's ``3·b·n·I`` (an over-estimate); parallel blocks
+(GPT-J, NeoX, Falcon) have one norm rather than two; fused q/k/v linears and extra norms
+(Gemma's four, Qwen3's q/k norms) are not modelled; hybrid blocks (Falcon-H1's Mamba) and MoE
+experts are sized as a dense layer of width ``I``. With LoRA on non-Llama module names each
+adapter is counted with its own fp32 input copy (when b = 4 an upper bound).
+
 Components (bytes)
 ------------------
 weights
@@ -24,7 +48,7 @@ optimizer state (:func:`atwu_fast.train.optim.state_bytes_per_param`, per traina
 optimizer step temporaries
     ``adamw`` (foreach): one state-sized temporary (``b_param·P_trainable``, the ``sqrt(v)`` list);
     bitsandbytes updates each tensor in place (0).
-activations (saved for backward; measured against torch's saved-tensor hooks in tests/test_plan.py)
+activations (saved for backward; measured against torch's saved-tensor hooks in tests/train/test_plan.py)
     Per decoder layer, with trainable linears (full fine-tuning), HF Llama in dtype ``b``:
 
     * 2 RMSNorms, each: fp32 input ``4nD`` (the input itself when b = 4), normalised output ``b·nD``,
@@ -42,8 +66,8 @@ activations (saved for backward; measured against torch's saved-tensor hooks in 
 
     Gradient checkpointing keeps only each layer's input ``b·nD`` per layer and recomputes one
     layer at a time in backward, so ``A_ckpt = L·b·nD + A_layer``. Both variants are reported.
-    Plus the final norm as above and the answer rows gathered for the head (``b·N·D``).
-loss head (this engine's chunked fused head, :mod:`atwu_kernels`, never ``N × V`` logits)
+    Plus the final norm as above and the answer rows gathered for the head (``b·N·D_head``).
+loss head (this engine's chunked fused head, :mod:`atwu_kernels`, never ``N × V`` logits; ``D`` is ``D_head`` here)
     One ``C × V`` logits chunk in dtype ``b`` (+ one 16 MiB fp32 scratch on the PyTorch path);
     the head's input gradient ``b·N·D``. When the LM head is trained (full fine-tuning), its weight
     gradient leaves the forward in the weight's dtype (``b·V·D``, alive until the backward scales it
@@ -87,7 +111,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..methods import DEFAULT_METHOD, METHODS
-from ..model.lora import DEFAULT_TARGETS
+from ..model.lora import adapted_modules, decoder_blocks
 from ..train.optim import OPTIMIZERS, state_bytes_per_param
 
 GIB = 1024 ** 3
@@ -95,6 +119,7 @@ FRAGMENTATION = 1.05
 CUDA_OVERHEAD_GIB = 0.75
 TORCH_SCRATCH_BYTES = 16 << 20  # atwu_kernels.torch_impl.SCRATCH_BYTES: the PyTorch path's one fp32 temporary
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -102,7 +127,7 @@ class PlanInput:
     model: str
     method: str = DEFAULT_METHOD  # the unlearning CLI's default method
     lora_rank: int = 0
-    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    lora_targets: list[str] = field(default_factory=list)  # module name suffixes; empty: every linear of the decoder blocks
     optim: str = "adamw"
     dtype: str = "bfloat16"
     seq_len: int = 512
@@ -146,26 +171,49 @@ def meta_model(config):
         return AutoModelForCausalLM.from_config(config)
 
 
-def architecture(config) -> dict:
-    heads = config.num_attention_heads
+def _first(config, *names):
+    """The first of ``names`` that ``config`` sets (not None), else None."""
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def architecture(config, model=None) -> dict:
+    """The sizes the formulas use (see the module docstring for which are exact): layers, vocabulary,
+    head width and tying from ``model``'s module tree (built on the meta device when not given), the
+    block's widths from the text config with the usual aliases."""
+    model = model if model is not None else meta_model(config)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    _, blocks = decoder_blocks(model)
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    vocab, head_width = head.weight.shape
+    hidden = _first(text, "hidden_size", "n_embd", "d_model") or embedding.weight.shape[1]
+    heads = _first(text, "num_attention_heads", "n_head", "num_heads") or 1
     return {
-        "hidden_size": config.hidden_size,
-        "layers": config.num_hidden_layers,
+        "hidden_size": hidden,
+        "layers": len(blocks),
         "heads": heads,
-        "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
-        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
-        "intermediate_size": config.intermediate_size,
-        "vocab_size": config.vocab_size,
-        "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+        "kv_heads": _first(text, "num_key_value_heads", "num_kv_heads") or heads,
+        "head_dim": _first(text, "head_dim") or hidden // heads,
+        "intermediate_size": _first(text, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size") or 4 * hidden,
+        "vocab_size": vocab,
+        "head_width": head_width,
+        "tied_embeddings": head.weight is embedding.weight,
     }
 
 
-def lora_modules(model, targets) -> list[tuple[str, int, int]]:
-    """(name, in_features, out_features) of every linear LoRA would adapt (peft's suffix match)."""
+def lora_modules(model, targets=()) -> list[tuple[str, int, int]]:
+    """(name, in_features, out_features) of every module LoRA adapts (:func:`adapted_modules`: the
+    decoder blocks' Linear and Conv1D modules, all of them or those ``targets`` name)."""
     found = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            found.append((name, module.in_features, module.out_features))
+    for name, module in adapted_modules(model, targets).items():
+        if type(module).__name__ == "Conv1D":  # transformers' Conv1D (GPT-2): weight [in, out]
+            fan_in, fan_out = module.weight.shape
+        else:  # Linear: weight [out, in]
+            fan_out, fan_in = module.weight.shape
+        found.append((name, int(fan_in), int(fan_out)))
     return found
 
 
@@ -187,6 +235,8 @@ def _layer_activations(a: dict, n: int, b: int, lora: list[tuple[str, int]] | No
         names = {name for name, _ in lora}
         adapters += 4 * n * D * (bool(names & {"q_proj", "k_proj", "v_proj"}) + bool(names & {"gate_proj", "up_proj"}))
         adapters += 4 * n * ffn * ("down_proj" in names)
+        # other layouts' module names: one input each (an upper bound; shared inputs are not modelled)
+        adapters += sum(4 * n * fan_in for name, fan_in in lora if name not in LLAMA_LINEARS)
     return 2 * norm + attn + mlp + adapters
 
 
@@ -221,9 +271,9 @@ def plan(inp: PlanInput, config=None) -> Plan:
     method = METHODS[inp.method]
     config = config if config is not None else load_config(inp.model)
     model = meta_model(config)
-    a = architecture(config)
+    a = architecture(config, model)
     b = DTYPE_BYTES[inp.dtype]
-    D, V, L = a["hidden_size"], a["vocab_size"], a["layers"]
+    D, V, L, Dh = a["hidden_size"], a["vocab_size"], a["layers"], a["head_width"]
     n = inp.batch * inp.seq_len
     N = math.ceil(inp.answer_frac * n)
     C = min(inp.loss_chunk_size, max(N, 1))
@@ -234,7 +284,7 @@ def plan(inp: PlanInput, config=None) -> Plan:
     head_trained = inp.lora_rank == 0
     lora = lora_modules(model, inp.lora_targets) if inp.lora_rank else []
     if inp.lora_rank and not lora:
-        raise ValueError(f"none of the LoRA targets {inp.lora_targets} is a linear module of {inp.model}")
+        raise ValueError(f"{type(model).__name__} ({inp.model}) has no Linear or Conv1D module in its decoder blocks for LoRA")
     r = inp.lora_rank
     lora_shapes = [(r, fi) for _, fi, _ in lora] + [(fo, r) for _, _, fo in lora]
     P_lora = sum(x * y for x, y in lora_shapes)
@@ -271,31 +321,32 @@ def plan(inp: PlanInput, config=None) -> Plan:
 
     kv_eff = a["kv_heads"] if inp.attn_implementation == "flash_attention_2" else a["heads"]
     per_layer_lora = None
-    if lora:
-        per_layer_lora = [(name.rsplit(".", 1)[-1], fi) for name, fi, _ in lora if ".layers.0." in name]
+    if lora:  # the first decoder block's adapted modules, as (name suffix, in_features)
+        first = decoder_blocks(model)[0] + ".0."
+        per_layer_lora = [(name.rsplit(".", 1)[-1], fi) for name, fi, _ in lora if name.startswith(first)]
     layer = _layer_activations(a, n, b, per_layer_lora, r, kv_eff)
     final_norm = 4 * n * D + b * n * D + 4 * n
-    gathered = b * N * D
+    gathered = b * N * Dh
     c["activations_no_checkpointing"] = L * layer + final_norm + gathered
     c["activations_checkpointing"] = L * b * n * D + layer + final_norm + gathered
     c["activations"] = c["activations_checkpointing" if inp.gradient_checkpointing else "activations_no_checkpointing"]
 
     chunk = C * V * b + (TORCH_SCRATCH_BYTES if inp.device != "cuda" else 0)
-    head_grad_h = b * N * D
+    head_grad_h = b * N * Dh
     head_dw = 0
     if head_trained:  # dW leaves the forward in the parameter dtype; the backward scales it in place
         several = math.ceil(N / C) > 1
-        head_dw = b * V * D
+        head_dw = b * V * Dh
         if b < 4 and (several or inp.device != "cuda"):
             # an fp32 accumulator across chunks (inside the GEMM on CUDA); off CUDA each chunk's
             # low-precision product is added into it
-            head_dw += 4 * V * D + (b * V * D if inp.device != "cuda" else 0)
+            head_dw += 4 * V * Dh + (b * V * Dh if inp.device != "cuda" else 0)
     c["loss_head"] = chunk + head_grad_h + head_dw
-    c["scorer"] = (3 * 4 * (D + 1) + b * N * D) if method.learns_weights else 0
+    c["scorer"] = (3 * 4 * (Dh + 1) + b * N * Dh) if method.learns_weights else 0
 
     persistent = c["weights"] + c["reference_weights"] + c["optimizer_state"] + c["scorer"] + c["ddp_buckets"]
     recompute = layer if inp.gradient_checkpointing else 0
-    tied_extra = b * V * D if (head_trained and a["tied_embeddings"]) else 0
+    tied_extra = b * V * Dh if (head_trained and a["tied_embeddings"]) else 0
     moments = {
         "head_backward": persistent + c["activations"] + c["loss_head"] + c["fsdp_unsharded_params"],
         "end_of_backward": persistent + c["gradients"] + recompute + tied_extra + c["fsdp_unsharded_grads"] + b * P_root,

@@ -53,9 +53,9 @@ class EfficiencyConfig:
     lora_rank: int = option("LoRA rank through peft (0: full fine-tuning)", 0)
     lora_alpha: float = option("LoRA alpha (scaling alpha / rank)", 16.0)
     lora_dropout: float = option("LoRA dropout", 0.0)
-    lora_targets: list[str] = option("modules that get LoRA adapters (names or suffixes)",
-                                 factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                  "gate_proj", "up_proj", "down_proj"])
+    lora_targets: list[str] = option("modules of the decoder blocks that get LoRA adapters (names or suffixes; "
+                                     "empty: every Linear/Conv1D of the decoder blocks, for any family)",
+                                     factory=list)
     save_merged: bool = option("with LoRA: save the merged model instead of the adapter", False)
     gradient_checkpointing: bool = option("recompute each decoder layer in backward (activations: one "
                                       "hidden state per layer instead of the layer's internals)", False)
@@ -83,5 +83,4 @@ class EfficiencyConfig:
         check(self.lora_rank >= 0, "efficiency.lora_rank must be >= 0")
         check(self.lora_alpha > 0, "efficiency.lora_alpha must be > 0")
         check(0.0 <= self.lora_dropout < 1.0, "efficiency.lora_dropout must be in [0, 1)")
-        check(self.lora_rank == 0 or bool(self.lora_targets), "efficiency.lora_targets must not be empty")
         check(not self.save_merged or self.lora_rank > 0, "efficiency.save_merged needs efficiency.lora_rank > 0")

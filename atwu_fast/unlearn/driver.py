@@ -40,6 +40,7 @@ from ..model.distributed import (
     shutdown,
 )
 from ..model.loading import build_unlearn_model, quiet_libraries, save_unlearned
+from ..model.probe import ModelCheckError, exact_packing
 from ..report import progress
 from ..report.html import write_outputs
 from ..report.tables import results_table
@@ -103,7 +104,10 @@ def prepare(suite: Suite, ctx: DistContext, log: Callable[[str], None]) -> None:
             suite.load_data(say)
         except (DataError, ValueError) as exc:
             fail(str(exc))
-        suite.prepare_models(say)
+        try:
+            suite.prepare_models(say)
+        except ModelCheckError as exc:
+            fail(str(exc))
 
     if ctx.is_main:
         load(log)
@@ -181,13 +185,16 @@ def run_method(name: str, run: Run) -> dict:
     cfg, suite, ctx = run.cfg, run.suite, run.ctx
     method = get_method(name)
     train_cfg = suite.train_config(cfg.train)
-    model, reference, lora = build_unlearn_model(suite.load_target, suite.efficiency(cfg.efficiency),
-                                                 method.needs_reference)
+    try:
+        model, reference, lora = build_unlearn_model(suite.load_target, suite.efficiency(cfg.efficiency),
+                                                     method.needs_reference)
+    except ModelCheckError as exc:
+        fail(str(exc))
     pad_id, batch_size = suite.tokenizer.pad_token_id, suite.eval_batch_size
     method_dir = run.out_dir / name
     unlearner = Unlearner(model, method, method.sections(cfg), train_cfg, suite.forget, suite.retain, pad_id,
                           reference=reference, log=run.log, optim=cfg.efficiency.optim, dist=ctx,
-                          parallel=cfg.efficiency.parallel, packing=cfg.efficiency.packing,
+                          parallel=cfg.efficiency.parallel, packing=exact_packing(model, cfg.efficiency.packing),
                           forget_source=suite.forget_rows, encode=suite.encode)
     base = forget_token_view(model, suite.forget, pad_id, batch_size)
     state = MethodState()

@@ -1,5 +1,9 @@
-"""Loading options: dtype, attention choice, gradient checkpointing, padding-free packing."""
+"""Loading: dtype, attention choice, gradient checkpointing, padding-free packing, and a checkpoint's
+vocabulary kept when the tokenizer gets a pad token."""
 
+import warnings
+
+import model_zoo
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -7,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import atwu_fast.model.loading as loading
 from atwu_fast.data.collate import pack_rows
 from atwu_fast.model.loading import apply_memory_options, choose_attn_implementation
+from atwu_fast.model.probe import ModelCheckError
 from atwu_fast.model.tokens import answer_tokens, decoder, last_hidden
 
 
@@ -18,21 +23,80 @@ def tiny_llama(**kw):
 
 
 def test_auto_attention_is_sdpa_without_flash_attn_or_cuda(monkeypatch):
-    assert choose_attn_implementation("auto", "cpu", "bfloat16") == "sdpa"
+    assert choose_attn_implementation("auto", "cpu", "bfloat16", LlamaForCausalLM) == "sdpa"
     monkeypatch.setattr(loading, "flash_attn_installed", lambda: True)
-    assert choose_attn_implementation("auto", "cuda", "bfloat16") == "flash_attention_2"
-    assert choose_attn_implementation("auto", "cuda", "float32") == "sdpa"  # FA2 needs half precision
-    assert choose_attn_implementation("auto", "cpu", "bfloat16") == "sdpa"
+    assert choose_attn_implementation("auto", "cuda", "bfloat16", LlamaForCausalLM) == "flash_attention_2"
+    assert choose_attn_implementation("auto", "cuda", "float32", LlamaForCausalLM) == "sdpa"  # FA2 needs half
+    assert choose_attn_implementation("auto", "cpu", "bfloat16", LlamaForCausalLM) == "sdpa"
 
 
 def test_explicit_flash_attention_where_unavailable_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(loading, "flash_attn_installed", lambda: False)
-    with pytest.raises(RuntimeError, match="flash-attn package is not installed") as err:
-        choose_attn_implementation("flash_attention_2", "cuda", "bfloat16")
+    with pytest.raises(ModelCheckError, match="flash-attn package is not installed") as err:
+        choose_attn_implementation("flash_attention_2", "cuda", "bfloat16", LlamaForCausalLM)
     assert "\n" not in str(err.value)
     monkeypatch.setattr(loading, "flash_attn_installed", lambda: True)
-    with pytest.raises(RuntimeError, match="needs a CUDA device"):
-        choose_attn_implementation("flash_attention_2", "cpu", "bfloat16")
+    with pytest.raises(ModelCheckError, match="needs a CUDA device"):
+        choose_attn_implementation("flash_attention_2", "cpu", "bfloat16", LlamaForCausalLM)
+
+
+@pytest.mark.parametrize(("family", "expected"), [("gemma2", "eager"), ("bloom", "eager"), ("llama", "sdpa")])
+def test_auto_attention_asks_the_model(family, expected):
+    model = model_zoo.build(family)
+    assert choose_attn_implementation("auto", "cpu", "float32", model) == expected
+    assert choose_attn_implementation("auto", "cpu", "float32", type(model)) == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot set its attention" warning, no fallback
+        apply_memory_options(model, "float32", "auto")
+    assert model.config._attn_implementation == expected
+    with torch.no_grad():
+        model(input_ids=torch.randint(3, 100, (2, 7)))
+
+
+def test_explicit_attention_the_model_does_not_support_is_a_one_line_error():
+    gemma2, bloom = model_zoo.build("gemma2"), model_zoo.build("bloom")
+    with pytest.raises(ModelCheckError, match="Gemma2ForCausalLM does not support attn_implementation=sdpa") as err:
+        choose_attn_implementation("sdpa", "cpu", "float32", gemma2)
+    assert "\n" not in str(err.value) and "flash_attention_2, eager" in str(err.value)
+    with pytest.raises(ModelCheckError, match="Gemma2ForCausalLM does not support attn_implementation=sdpa"):
+        apply_memory_options(gemma2, "float32", "sdpa")
+    assert gemma2.config._attn_implementation == "eager"
+    for requested in ("sdpa", "flash_attention_2"):
+        with pytest.raises(ModelCheckError, match=f"BloomForCausalLM does not support attn_implementation={requested}; "
+                                               "it supports eager"):
+            choose_attn_implementation(requested, "cuda", "bfloat16", bloom)
+    assert choose_attn_implementation("eager", "cpu", "float32", gemma2) == "eager"
+
+
+def test_flash_attention_only_where_installed_on_cuda_in_half_precision_and_supported(monkeypatch):
+    from transformers import BloomForCausalLM, Gemma2ForCausalLM
+
+    no_fa2 = type("NoFlashLlama", (LlamaForCausalLM,), {"_supports_flash_attn": False})
+    for installed in (False, True):
+        monkeypatch.setattr(loading, "flash_attn_installed", lambda installed=installed: installed)
+        for device in ("cpu", "cuda"):
+            for dtype in ("float32", "bfloat16", "float16"):
+                fa2 = installed and device == "cuda" and dtype != "float32"
+                picks = {cls: choose_attn_implementation("auto", device, dtype, cls)
+                         for cls in (LlamaForCausalLM, Gemma2ForCausalLM, BloomForCausalLM, no_fa2)}
+                assert picks[LlamaForCausalLM] == ("flash_attention_2" if fa2 else "sdpa")
+                assert picks[Gemma2ForCausalLM] == ("flash_attention_2" if fa2 else "eager")
+                assert picks[BloomForCausalLM] == "eager"
+                assert picks[no_fa2] == "sdpa"
+    with pytest.raises(ModelCheckError, match="NoFlashLlama does not support attn_implementation=flash_attention_2"):
+        choose_attn_implementation("flash_attention_2", "cuda", "bfloat16", no_fa2)
+    assert choose_attn_implementation("flash_attention_2", "cuda", "bfloat16", Gemma2ForCausalLM) == "flash_attention_2"
+
+
+def test_a_model_that_cannot_switch_attention_keeps_the_one_it_was_built_with(monkeypatch):
+    fixed = type("FixedLlama", (LlamaForCausalLM,), {"_can_set_attn_implementation": classmethod(lambda cls: False)})
+    model = fixed(tiny_llama().config)
+    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(loading, "flash_attn_installed", lambda: True)
+    assert choose_attn_implementation("auto", "cuda", "bfloat16", model) == "sdpa"
+    with pytest.raises(ModelCheckError, match="FixedLlama does not support attn_implementation=eager; it supports sdpa"):
+        choose_attn_implementation("eager", "cpu", "float32", model)
+    assert choose_attn_implementation("auto", "cuda", "bfloat16", fixed) == "flash_attention_2"  # not built yet
 
 
 def test_bf16_weights_and_attention_are_applied():
@@ -75,3 +139,69 @@ def test_packed_rows_give_the_same_hidden_states_as_padded_rows():
             torch.testing.assert_close(hidden[start:start + len(alone)], alone, rtol=1e-5, atol=1e-5)
     tokens = answer_tokens(hidden[None], packed["labels"])
     assert len(tokens.targets) == sum(n - 2 for n in lengths)  # no prediction across a row boundary
+
+
+# --------------------------------------------------------------------------- vocabulary kept
+
+
+def word_tokenizer(n_tokens: int):
+    """A word-level tokenizer of ``n_tokens`` tokens (eos at 0), no pad and no unk token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<eos>": 0, **{f"w{i}": i for i in range(1, n_tokens)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def checkpoint(tmp_path, family: str, n_tokens: int):
+    model = model_zoo.build(family)
+    word_tokenizer(n_tokens).save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # untied and tied LM head
+def test_a_padded_vocabulary_is_kept_when_the_pad_token_fits(tmp_path, family):
+    original = checkpoint(tmp_path, family, 100)
+    assert original.get_input_embeddings().weight.shape[0] == model_zoo.VOCAB == 384
+    model, tokenizer = loading.load_pretrained(str(tmp_path), device="cpu")
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.pad_token_id == 100 == len(tokenizer) - 1
+    assert model.get_input_embeddings().weight.shape[0] == 384 == model.config.vocab_size
+    torch.testing.assert_close(model.get_output_embeddings().weight, original.get_output_embeddings().weight,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(model.get_input_embeddings().weight, original.get_input_embeddings().weight,
+                               rtol=0, atol=0)
+    model.save_pretrained(tmp_path / "saved")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    assert AutoConfig.from_pretrained(tmp_path / "saved").vocab_size == 384
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert reloaded.get_output_embeddings().weight.shape[0] == 384
+
+
+def test_a_full_vocabulary_grows_by_one_row_for_the_pad_token(tmp_path):
+    original = checkpoint(tmp_path, "llama", 384)
+    model, tokenizer = loading.load_pretrained(str(tmp_path), device="cpu")
+    assert tokenizer.pad_token_id == 384 and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] == 385 == model.config.vocab_size
+    head = model.get_output_embeddings().weight
+    assert head.shape[0] == 385
+    torch.testing.assert_close(head[:384], original.get_output_embeddings().weight, rtol=0, atol=0)
+    ids = torch.tensor([[1, 2, 384]])
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.shape == (1, 3, 385)
+
+
+def test_a_tokenizer_with_a_pad_token_leaves_the_model_alone(tmp_path):
+    from transformers import AutoTokenizer
+
+    checkpoint(tmp_path, "llama", 100)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    tokenizer.pad_token = "w7"
+    tokenizer.save_pretrained(tmp_path)
+    model, tokenizer = loading.load_pretrained(str(tmp_path), device="cpu")
+    assert tokenizer.pad_token_id == 7 and len(tokenizer) == 100
+    assert model.get_input_embeddings().weight.shape[0] == 384

@@ -113,5 +113,5 @@ def test_merged_model_saved_gives_the_same_outputs(tiny, tmp_path):
 
 
 def test_unknown_target_module_is_a_clear_error(tiny):
-    with pytest.raises(ValueError, match="not in the model: qkv"):
+    with pytest.raises(ValueError, match="LoRA targets qkv are not linear modules.*: down_proj, gate_proj, k_proj"):
         apply_lora(load(tiny[2]), rank=2, targets=["qkv"])

@@ -1,20 +1,24 @@
-"""The memory planner: exact parameter counts from configs on the meta device, activation formulas
-checked against what autograd really saves, and the two acceptance cases."""
+"""The memory planner: exact parameter counts from configs on the meta device (every family of the
+model zoo, LoRA adapters as peft creates them), activation formulas checked against what autograd
+really saves, and the two acceptance cases."""
 
 import json
+import warnings
 from pathlib import Path
 
+import model_zoo
 import peft
 import pytest
 import torch
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
-from atwu_fast.model.lora import DEFAULT_TARGETS
+from atwu_fast.model.lora import adapted_modules
 from atwu_fast.plan.__main__ import main
 from atwu_fast.plan.planner import GIB, PlanInput, _layer_activations, architecture, plan, saved_tensor_bytes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "atwu_fast" / "plan" / "configs"
 LLAMA_8B, LLAMA_1B = str(CONFIGS / "llama-3.1-8b"), str(CONFIGS / "llama-3.2-1b")
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def test_parameter_counts_are_exact_from_the_config():
@@ -31,7 +35,7 @@ def test_lora_parameter_count_matches_peft():
     cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2)
     p = plan(PlanInput(model="tiny", lora_rank=4), config=cfg)
-    model = peft.get_peft_model(LlamaForCausalLM(cfg), peft.LoraConfig(r=4, target_modules=list(DEFAULT_TARGETS)))
+    model = peft.get_peft_model(LlamaForCausalLM(cfg), peft.LoraConfig(r=4, target_modules=LLAMA_TARGETS))
     assert p.params["trainable"] == sum(t.numel() for t in model.parameters() if t.requires_grad)
 
 
@@ -46,12 +50,12 @@ def test_activation_formula_matches_saved_tensors(dtype, lora):
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg).to(dtype).train()
         if lora:
-            model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=list(DEFAULT_TARGETS))).get_base_model()
+            model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=LLAMA_TARGETS)).get_base_model()
         ids = torch.randint(0, 97, (2, 24))
         nbytes, _ = saved_tensor_bytes(lambda m=model, i=ids: m.model(input_ids=i).last_hidden_state,
                                        exclude=list(model.parameters()))
         measured.append(nbytes)
-    adapted = [(name, 176 if name == "down_proj" else 64) for name in DEFAULT_TARGETS] if lora else None
+    adapted = [(name, 176 if name == "down_proj" else 64) for name in LLAMA_TARGETS] if lora else None
     predicted = _layer_activations(architecture(cfg), 48, 2 if dtype == torch.bfloat16 else 4, adapted, 4, 4)
     assert predicted == pytest.approx(measured[1] - measured[0], rel=0.03)
 
@@ -137,3 +141,62 @@ def test_fsdp_plan_for_llama_8b_full_fine_tuning():
     assert plan(PlanInput(**base, ranks=8, parallel="fsdp")).fits
     with pytest.raises(ValueError, match="full fine-tuning with adamw"):
         plan(PlanInput(**base, ranks=8, parallel="fsdp", lora_rank=16))
+
+
+def _lora_parameters(model, rank: int) -> int:
+    """The adapter parameters peft creates on ``model`` for the modules the planner adapts."""
+    config = peft.LoraConfig(r=rank, target_modules=list(adapted_modules(model)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = peft.get_peft_model(model, config)
+    return sum(p.numel() for name, p in wrapped.named_parameters() if "lora_" in name)
+
+
+@pytest.mark.parametrize("family", list(model_zoo.FAMILIES))
+def test_every_family_plans_with_exact_parameter_and_lora_counts(family):
+    config = model_zoo.config(family)
+    full = plan(PlanInput(model=family), config=config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        real = model_zoo.build(family)
+    assert full.params["total"] == sum(p.numel() for p in real.parameters())  # tied matrices once
+    a = full.architecture
+    assert (a["layers"], a["vocab_size"], a["hidden_size"]) == (2, model_zoo.VOCAB, model_zoo.HIDDEN)
+    assert a["tied_embeddings"] == (real.get_output_embeddings().weight is real.get_input_embeddings().weight)
+    assert full.peak_bytes > 0 and all(v >= 0 for v in full.components.values())
+    assert adapted_modules(real)  # every family has linears LoRA can adapt (Falcon's are Linear subclasses)
+    lora = plan(PlanInput(model=family, lora_rank=4), config=config)
+    created = _lora_parameters(real, 4)  # peft accepts every module selected (no Mamba out_proj in Falcon-H1)
+    assert created > 0
+    assert lora.params["lora"] == lora.params["trainable"] == created
+    assert lora.components["activations"] > 0
+
+
+def test_gpt2_conv1d_adapters_are_counted_transposed():
+    """GPT-2's Conv1D weights are [in, out]: c_fc adapts 64 -> 256 (not 256 -> 64), per block."""
+    config = model_zoo.config("gpt2")
+    p = plan(PlanInput(model="gpt2", lora_rank=2, lora_targets=["c_fc"]), config=config)
+    assert p.params["lora"] == 2 * 2 * (64 + 4 * 64)
+    with pytest.raises(ValueError, match="c_attn, c_fc, c_proj"):
+        plan(PlanInput(model="gpt2", lora_rank=2, lora_targets=["q_proj"]), config=config)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt"])
+def test_cli_plans_a_saved_non_llama_config(family, tmp_path, capsys):
+    config = model_zoo.config(family)
+    config.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        real = model_zoo.build(family)
+    total = sum(p.numel() for p in real.parameters())
+    assert main(["--model", str(tmp_path), "--gpu-gb", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "fits 24 GiB: yes" in out and "L=2 D=64" in out
+    assert main(["--model", str(tmp_path), "--lora", "8", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["params"]["total"] == total and data["inputs"]["lora_targets"] == []
+    assert data["params"]["lora"] == _lora_parameters(real, 8)
+    capsys.readouterr()
+    assert main(["--model", str(tmp_path), "--lora", "8", "--lora-targets", "no_such_proj"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: LoRA targets no_such_proj") and err.count("\n") == 1

@@ -15,8 +15,9 @@ import math
 from typing import Optional
 
 import torch
-from atwu_kernels import atwu_head
 from torch import Tensor
+
+from atwu_kernels import atwu_head
 
 from ...model.distributed import run_on
 from ...model.tokens import forward_answer_tokens, lm_head, logit_transform, token_nll

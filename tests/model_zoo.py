@@ -63,22 +63,32 @@ PLAIN = {"gemma3", "llama", "mistral", "qwen2", "qwen3", "gemma", "phi", "phi3",
 HEAD_STD = 3.0  # target std of a logit: a few nats, so caps at 5 and scales of 0.25-4 change the loss
 
 
-def config(family: str):
+def config(family: str, tokenizer=None):
+    """The family's tiny config; with ``tokenizer``, its vocabulary size and special-token ids."""
     name, kwargs = FAMILIES[family]
     cls = getattr(transformers, name, None)
     if cls is None:
         pytest.skip(f"this transformers has no {name}")
-    extra = {} if family == "gemma3" else IDS
-    return cls(**kwargs, **extra)
+    ids, vocab = dict(IDS), VOCAB
+    if tokenizer is not None:
+        vocab = len(tokenizer)
+        ids = {k: getattr(tokenizer, k) for k in IDS}
+    if family == "gemma3":
+        text = dict(kwargs["text_config"], **ids)
+        text.update({k: vocab for k in ("vocab_size",) if k in text})
+        return cls(**dict(kwargs, text_config=text))
+    kwargs = dict(kwargs, **ids)
+    kwargs["vocab_size"] = vocab
+    return cls(**kwargs)
 
 
-def build(family: str, seed: int = 0, attn: str | None = None) -> transformers.PreTrainedModel:
+def build(family: str, seed: int = 0, attn: str | None = None, tokenizer=None) -> transformers.PreTrainedModel:
     """A tiny random ``AutoModelForCausalLM`` of ``family`` in eval mode, its LM head drawn wide."""
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kwargs = {} if attn is None else {"attn_implementation": attn}
-        model = transformers.AutoModelForCausalLM.from_config(config(family), **kwargs)
+        model = transformers.AutoModelForCausalLM.from_config(config(family, tokenizer), **kwargs)
     widen_head(model)
     return model.eval()
 

@@ -124,9 +124,10 @@ def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: float = 16.0, dropo
     """Freeze ``model`` and add LoRA adapters (rank ``rank``, scaling ``alpha / rank``) to the modules
     :func:`adapted_modules` picks for ``targets`` (default: every linear layer of the decoder blocks)."""
     peft = _peft()
-    names = list(adapted_modules(model, targets))
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
-                             bias="none", task_type="CAUSAL_LM")
+    modules = adapted_modules(model, targets)
+    conv1d = any(type(m).__name__ == "Conv1D" for m in modules.values())  # GPT-2's [in, out] weights
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(modules),
+                             bias="none", task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
     wrapped = peft.get_peft_model(model, config)
     return LoraHandle(peft=wrapped, model=wrapped.get_base_model())
 

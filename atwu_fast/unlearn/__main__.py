@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from ..config.args import parse_config
+from ..config.args import fail, parse_config
+from ..model.probe import ModelCheckError
 from .driver import run
 from .experiment import SHORTCUTS, ExperimentConfig
 
@@ -17,7 +18,10 @@ from .experiment import SHORTCUTS, ExperimentConfig
 def main(argv: list[str] | None = None) -> int:
     cfg, explicit = parse_config(ExperimentConfig, argv, prog="python -m atwu_fast.unlearn",
                                  description=__doc__.splitlines()[0], shortcuts=SHORTCUTS, explicit=True)
-    return run(cfg, frozenset(explicit))
+    try:
+        return run(cfg, frozenset(explicit))
+    except ModelCheckError as exc:  # a model the engine cannot train correctly: one line, before any result
+        fail(str(exc))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from ..model.distributed import (
     shutdown,
 )
 from ..model.loading import build_unlearn_model, quiet_libraries, save_unlearned
-from ..model.probe import ModelCheckError, exact_packing
+from ..model.probe import exact_packing
 from ..report import progress
 from ..report.html import write_outputs
 from ..report.tables import results_table
@@ -104,10 +104,7 @@ def prepare(suite: Suite, ctx: DistContext, log: Callable[[str], None]) -> None:
             suite.load_data(say)
         except (DataError, ValueError) as exc:
             fail(str(exc))
-        try:
-            suite.prepare_models(say)
-        except ModelCheckError as exc:
-            fail(str(exc))
+        suite.prepare_models(say)
 
     if ctx.is_main:
         load(log)
@@ -185,11 +182,8 @@ def run_method(name: str, run: Run) -> dict:
     cfg, suite, ctx = run.cfg, run.suite, run.ctx
     method = get_method(name)
     train_cfg = suite.train_config(cfg.train)
-    try:
-        model, reference, lora = build_unlearn_model(suite.load_target, suite.efficiency(cfg.efficiency),
-                                                     method.needs_reference)
-    except ModelCheckError as exc:
-        fail(str(exc))
+    model, reference, lora = build_unlearn_model(suite.load_target, suite.efficiency(cfg.efficiency),
+                                                 method.needs_reference)
     pad_id, batch_size = suite.tokenizer.pad_token_id, suite.eval_batch_size
     method_dir = run.out_dir / name
     unlearner = Unlearner(model, method, method.sections(cfg), train_cfg, suite.forget, suite.retain, pad_id,

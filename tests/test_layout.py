@@ -119,3 +119,37 @@ def test_every_top_level_package_folder_is_named_as_it_is_imported():
     assert "package-dir" not in setuptools
     assert top - {"studies"} <= declared  # studies/: research grids run from a checkout, not shipped
     assert {name for name in declared if "." not in name} <= top
+
+
+def test_each_benchmark_is_one_folder_under_suites_and_eval_is_benchmark_neutral():
+    """A benchmark's reader, suite, evaluation and data files live in ``suites/<name>/``; ``eval/`` keeps
+    only metric code every benchmark shares (its command aside), so it imports no suite."""
+    from atwu_fast.suites import SUITES
+    from atwu_fast.suites.tofu.tiny import TinyTofuSuite
+
+    for name, suite in {**SUITES, "tofu (tiny)": TinyTofuSuite}.items():
+        parts = suite.__module__.split(".")
+        assert parts[:2] == ["atwu_fast", "suites"] and len(parts) in (3, 4), (name, suite.__module__)
+        assert (PACKAGE / "suites" / parts[2] / "__init__.py").is_file(), (name, suite.__module__)
+    benchmark_words = {n.split()[0] for n in SUITES}
+    eval_modules = [p.stem for p in (PACKAGE / "eval").glob("*.py")]
+    assert not [m for m in eval_modules if any(word in m for word in benchmark_words)], eval_modules
+    g = graph()
+    reaching_up = sorted((m, d) for m, deps in g.items() if m.startswith("atwu_fast.eval") and m != "atwu_fast.eval.__main__"
+                         for d in deps if d.startswith("atwu_fast.suites"))
+    assert not reaching_up, reaching_up
+    loose = sorted(p.name for p in (PACKAGE / "suites").glob("*.py")
+                   if any(p.stem.startswith(word) for word in benchmark_words))
+    assert not loose, loose  # no benchmark module left beside the folders
+
+
+TEST_TIERS = {"e2e": "the commands end to end", "kernels": "atwu_kernels", "zoo": "every model family",
+              "fixtures": "shipped test data"}
+
+
+def test_tests_mirror_the_package():
+    """``tests/<entry>/`` tests ``atwu_fast/<entry>/``; the few other folders are named tiers."""
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    package = COMMANDS | LAYERS
+    assert folders - package <= set(TEST_TIERS), sorted(folders - package - set(TEST_TIERS))
+    assert {"suites", "model", "plan", "methods", "train", "data", "eval"} <= folders

@@ -24,11 +24,11 @@ from ..config.args import fail, parse_config
 from ..data.io import atomic_write_text
 from ..data.readers import DataError
 from ..eval.logs import dumps, save_logs, summarize
-from ..eval.tofu_original import ORIGINAL_COLUMNS, rescore
 from ..model.distributed import collective_eval, init_from_env, shutdown
 from ..model.loading import quiet_libraries
 from ..suites import SUITES
 from ..suites.config import BenchmarkConfig
+from ..suites.tofu.original_logs import ORIGINAL_COLUMNS, rescore
 
 SHORTCUTS = {"--benchmark": "benchmark.name", "--split": "benchmark.split", "--model": "benchmark.model",
              "--targets": "benchmark.targets", "--retain-logs": "benchmark.retain_logs",

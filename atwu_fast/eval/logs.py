@@ -100,7 +100,7 @@ class RetainReference:
 
     ``forget_rows``: how many forget rows the logs evaluated; ``forget_prompts``: the logged prompt of
     each forget row (it contains the row's question), when the logs carry them. Both let forget quality
-    refuse logs of other rows (:func:`~atwu_fast.eval.tofu_original.check_forget_rows`).
+    refuse logs of other rows (:func:`~atwu_fast.suites.tofu.original_logs.check_forget_rows`).
     """
 
     forget_truth_ratio: np.ndarray | None = None

@@ -29,8 +29,8 @@ from ..data.readers import DataError
 from ..model.loading import load_pretrained, load_tokenizer, quiet_libraries
 from ..suites.config import BenchmarkConfig
 from ..suites.real import encode_training
-from ..suites.tofu import HUB_ID, load_qa_config
-from ..suites.tofu_tiny import TINY, tiny_positions, tofu_schedule, tofu_texts
+from ..suites.tofu.suite import HUB_ID, load_qa_config
+from ..suites.tofu.tiny import TINY, tiny_positions, tofu_schedule, tofu_texts
 from ..train.config import EfficiencyConfig
 from .build import SUMMARY_FILE, finetune_to_dir
 from .loop import FinetuneConfig

@@ -119,6 +119,15 @@ def adapted_modules(model: torch.nn.Module, targets: Sequence[str] = ()) -> dict
     return {name: m for name, m in linears.items() if any(name == t or name.endswith("." + t) for t in targets)}
 
 
+def peft_target_names(model: torch.nn.Module, modules: dict[str, torch.nn.Module]) -> list[str]:
+    """The ``target_modules`` to give peft for exactly ``modules``: their short names (``q_proj``, ...)
+    where these match no other module of the model (what ``adapter_config.json`` then shows), else
+    their full names (e.g. a multimodal model whose vision tower has ``q_proj`` too)."""
+    short = sorted({name.rsplit(".", 1)[-1] for name in modules})
+    matched = {name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in short}
+    return short if matched == set(modules) else sorted(modules)
+
+
 def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                targets: Sequence[str] = ()) -> LoraHandle:
     """Freeze ``model`` and add LoRA adapters (rank ``rank``, scaling ``alpha / rank``) to the modules
@@ -126,7 +135,8 @@ def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: float = 16.0, dropo
     peft = _peft()
     modules = adapted_modules(model, targets)
     conv1d = any(type(m).__name__ == "Conv1D" for m in modules.values())  # GPT-2's [in, out] weights
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(modules),
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                             target_modules=peft_target_names(model, modules),
                              bias="none", task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
     wrapped = peft.get_peft_model(model, config)
     return LoraHandle(peft=wrapped, model=wrapped.get_base_model())

@@ -23,7 +23,7 @@ transformers ``Conv1D`` of the decoder blocks by default, or those ``lora_target
 Hence weights, gradients, optimizer state (and their FSDP shards), the LoRA adapters and the loss
 head are exact for every family. The activation formulas below are exact for the Llama block layout
 (pre-RMSNorm, separate q/k/v/o, SwiGLU MLP; the layout of Mistral, Qwen2/3, OLMo, Granite, ...,
-measured in tests/train/test_plan.py) and estimates for other layouts: LayerNorm (GPT-2, OPT,
+measured in tests/plan/test_plan.py) and estimates for other layouts: LayerNorm (GPT-2, OPT,
 BLOOM, Falcon, GPT-J, NeoX) saves its input, mean and rstd rather than an fp32 copy; a two-linear
 GELU MLP saves ``2·b·n·I`` rather than SwiGLU's ``3·b·n·I`` (an over-estimate); parallel blocks
 (GPT-J, NeoX, Falcon) have one norm rather than two; fused q/k/v linears and extra norms
@@ -48,7 +48,7 @@ optimizer state (:func:`atwu_fast.train.optim.state_bytes_per_param`, per traina
 optimizer step temporaries
     ``adamw`` (foreach): one state-sized temporary (``b_param·P_trainable``, the ``sqrt(v)`` list);
     bitsandbytes updates each tensor in place (0).
-activations (saved for backward; measured against torch's saved-tensor hooks in tests/train/test_plan.py)
+activations (saved for backward; measured against torch's saved-tensor hooks in tests/plan/test_plan.py)
     Per decoder layer, with trainable linears (full fine-tuning), HF Llama in dtype ``b``:
 
     * 2 RMSNorms, each: fp32 input ``4nD`` (the input itself when b = 4), normalised output ``b·nD``,

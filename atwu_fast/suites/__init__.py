@@ -1,17 +1,30 @@
 """The benchmarks one driver runs, by name: the embedded ``synthetic`` one, ``tofu``, ``rwku`` and
-``jsonl`` (see :class:`~atwu_fast.suites.base.Suite` for what a benchmark provides); ``tofu`` with
-``--model tiny`` is TOFU's whole protocol at laptop scale (:mod:`.tofu_tiny`)."""
+``jsonl``, each one folder here (see :class:`~atwu_fast.suites.base.Suite` for what a benchmark
+provides); ``tofu`` with ``--model tiny`` is TOFU's whole protocol at laptop scale (:mod:`.tofu.tiny`).
+A new benchmark is a folder plus one :func:`register_suite` line."""
 
 from __future__ import annotations
 
 from .base import BenchmarkData, Evaluation, Suite
-from .jsonl import JsonlSuite
-from .rwku import RwkuSuite
+from .jsonl.suite import JsonlSuite
+from .rwku.suite import RwkuSuite
 from .synthetic import SyntheticSuite
-from .tofu import TofuSuite
-from .tofu_tiny import TINY, TinyTofuSuite
+from .tofu.suite import TofuSuite
+from .tofu.tiny import TINY, TinyTofuSuite
 
-SUITES: dict[str, type[Suite]] = {s.name: s for s in (SyntheticSuite, TofuSuite, RwkuSuite, JsonlSuite)}
+SUITES: dict[str, type[Suite]] = {}
+
+
+def register_suite(suite: type[Suite]) -> type[Suite]:
+    """Make ``suite`` selectable as ``--benchmark <suite.name>`` (usable as a class decorator)."""
+    if not suite.name:
+        raise ValueError(f"{suite.__name__} has no name")
+    SUITES[suite.name] = suite
+    return suite
+
+
+for _suite in (SyntheticSuite, TofuSuite, RwkuSuite, JsonlSuite):
+    register_suite(_suite)
 
 
 def make_suite(cfg) -> Suite:
@@ -32,4 +45,4 @@ def load_benchmark(bcfg, with_eval: bool = True) -> BenchmarkData:
     return SUITES[bcfg.name](SimpleNamespace(benchmark=bcfg)).read(with_eval)
 
 
-__all__ = ["SUITES", "BenchmarkData", "Evaluation", "Suite", "load_benchmark", "make_suite"]
+__all__ = ["SUITES", "BenchmarkData", "Evaluation", "Suite", "load_benchmark", "make_suite", "register_suite"]

@@ -13,8 +13,8 @@ from ..config import check, option
 class BenchmarkConfig:
     """Real benchmarks (TOFU, RWKU, JSONL) on a real model; ``synthetic`` is the embedded one."""
 
-    name: Literal["synthetic", "tofu", "rwku", "jsonl"] = option("benchmark: synthetic (embedded), tofu, rwku or jsonl",
-                                                             "synthetic")
+    name: str = option("benchmark: synthetic (embedded), tofu, rwku, jsonl, or one registered with "
+                       "atwu_fast.suites.register_suite", "synthetic")
     split: str = option("TOFU split: the forget split to unlearn (forget01, forget05, forget10); python -m "
                         "atwu_fast.finetune: the config to fine-tune on (full, retain90, ...)", "forget10")
     model: str = option("model directory or hub id (real benchmarks); tiny: TOFU's whole protocol with tiny models "
@@ -61,6 +61,9 @@ class BenchmarkConfig:
     trust_remote_code: bool = option("run the model repository's own Python code (only for models you trust)", False)
 
     def validate(self) -> None:
+        from . import SUITES
+
+        check(self.name in SUITES, f"unknown benchmark '{self.name}'; choose from {', '.join(SUITES)}")
         check(self.targets >= 1, "benchmark.targets must be >= 1")
         check(self.max_length >= 8, "benchmark.max_length must be >= 8")
         check(self.max_new_tokens >= 0 and self.eval_batch_size >= 0, "benchmark eval sizes must be >= 0")

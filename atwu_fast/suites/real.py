@@ -13,9 +13,9 @@ from ..data.formatting import Formatter
 from ..data.labels import IGNORE_INDEX
 from ..data.readers import DataError
 from ..eval.logs import RetainReference, summarize
-from ..eval.tofu_original import limit_rows, load_reference
 from ..model.loading import load_pretrained, load_tokenizer, uses_cuda
 from .base import BenchmarkData, Column, Evaluation, Suite
+from .tofu.original_logs import limit_rows, load_reference
 
 SPAN_COLUMNS: list[Column] = [("span_auroc", "span AUROC", "{:.3f}"), ("span_ap", "span AP", "{:.3f}"),
                               ("span_auroc_nll", "NLL span AUROC", "{:.3f}")]

@@ -21,7 +21,7 @@ from ..methods.weights import SOURCES
 from ..report.progress import LogConfig
 from ..suites.config import BenchmarkConfig
 from ..suites.synthetic import EvalConfig, SyntheticConfig
-from ..suites.tofu_tiny import TINY, TinyTofuConfig
+from ..suites.tofu.tiny import TINY, TinyTofuConfig
 from ..train.config import EfficiencyConfig, TrainConfig
 
 SHORTCUTS = {"--method": "method", "--methods": "methods", "--weights": "weights", "--output-dir": "output_dir",

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 from fixtures.tiny import RWKU_DIR, save_tiny_model
+from scipy import stats
 
-import atwu_fast.suites.rwku as rwku_suite
+import atwu_fast.suites.rwku.suite as rwku_suite
 from atwu_fast.eval.__main__ import main as eval_main
-from atwu_fast.eval.tofu_original import load_reference, read_original_logs, score_original
+from atwu_fast.suites.tofu.original_logs import load_reference, read_original_logs, score_original
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def test_eval_logs_rescores_a_published_log_without_a_model(tmp_path, capsys):
     expected = score_original(read_original_logs(FULL), load_reference(RETAIN90))
     assert summary["forget_quality"] == pytest.approx(expected["forget_quality"], rel=1e-12)
     assert summary["model_utility"] == pytest.approx(expected["model_utility"], rel=1e-12)
-    # the values the original aggregate_eval_stat.py formulas give (tests/eval/test_tofu_original_logs.py derives them)
+    # the values the original aggregate_eval_stat.py formulas give (tests/suites/test_tofu_original_logs.py derives them)
     assert summary["forget_quality"] == pytest.approx(1.0966e-19, rel=1e-4)
     assert summary["model_utility"] == pytest.approx(0.62678, rel=1e-4)
     assert "(Model Utility)" in printed and "(Forget Quality)" in printed
@@ -56,7 +57,13 @@ def test_ds_size_and_the_forget_row_check(model_dir, tmp_path, capsys):
     assert eval_main(args + ["--benchmark.ds_size", "300", "--output-dir", str(tmp_path / "300")]) == 0
     logs = json.loads((tmp_path / "300" / "TOFU_EVAL.json").read_text())
     assert len(logs["forget_truth_ratio"]["value_by_index"]) == 300
-    assert logs["forget_quality"]["agg_value"] is not None
+    # forget quality is the KS p-value of this model's 300 forget truth ratios against the retain log's 300
+    # (the same float64 values: JSON round-trips them exactly, so only scipy's own arithmetic may differ)
+    retain_r = load_reference(RETAIN90).forget_truth_ratio
+    assert len(retain_r) == 300
+    rows = logs["forget_truth_ratio"]["value_by_index"]
+    expected = stats.ks_2samp([rows[k]["score"] for k in sorted(rows, key=int)], retain_r).pvalue
+    assert logs["forget_quality"]["agg_value"] == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("choice", ["rwku", "rouge_score"])

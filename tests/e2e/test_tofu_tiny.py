@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from atwu_fast.suites.tofu_tiny import AUTHOR_ROWS, author_subset, tofu_schedule, underfit_note
+from atwu_fast.suites.tofu.tiny import AUTHOR_ROWS, author_subset, tofu_schedule, underfit_note
 from atwu_fast.unlearn.__main__ import main
 
 TOFU = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tofu"

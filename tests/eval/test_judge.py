@@ -12,8 +12,8 @@ from atwu_fast.data.formatting import Formatter
 from atwu_fast.data.readers import DataError
 from atwu_fast.eval import leak
 from atwu_fast.eval.judge import JUDGE_PROMPT, ModelJudge, load_judge
-from atwu_fast.eval.tofu import evaluate_tofu
-from atwu_fast.suites.tofu import load_tofu_sets
+from atwu_fast.suites.tofu.evaluate import evaluate_tofu
+from atwu_fast.suites.tofu.suite import load_tofu_sets
 from atwu_fast.unlearn.experiment import ExperimentConfig
 
 torch.set_num_threads(1)

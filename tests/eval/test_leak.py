@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atwu_fast.data.formatting import Formatter, encode_prompt
 from atwu_fast.eval import leak
-from atwu_fast.eval.tofu import evaluate_tofu
 from atwu_fast.suites.synthetic.world import SyntheticConfig, generate
-from atwu_fast.suites.tofu import load_tofu_sets
+from atwu_fast.suites.tofu.evaluate import evaluate_tofu
+from atwu_fast.suites.tofu.suite import load_tofu_sets
 
 torch.set_num_threads(1)
 

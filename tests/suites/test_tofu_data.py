@@ -9,7 +9,7 @@ from atwu_fast.data.formatting import Formatter, ensure_pad_token, word_char_spa
 from atwu_fast.data.readers import DataError, load_rows
 from atwu_fast.suites import load_benchmark
 from atwu_fast.suites.config import BenchmarkConfig
-from atwu_fast.suites.tofu import CONFIGS, PERTURBED_FIELDS, load_tofu_sets
+from atwu_fast.suites.tofu.suite import CONFIGS, PERTURBED_FIELDS, load_tofu_sets
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atwu_fast.data.formatting import Formatter
 from atwu_fast.data.readers import DataError
-from atwu_fast.eval.rwku import evaluate_rwku, probe_prompt
-from atwu_fast.suites.rwku import load_rwku_sets
+from atwu_fast.suites.rwku.evaluate import evaluate_rwku, probe_prompt
+from atwu_fast.suites.rwku.suite import load_rwku_sets
 
 
 def test_first_k_targets():

@@ -12,10 +12,10 @@ them are used).
 
 from __future__ import annotations
 
-from ..data.readers import DataError, attach_target_words, load_rows, read_file
-from ..eval.rwku import evaluate_rwku
-from .base import BenchmarkData, Column
-from .real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
+from ...data.readers import DataError, attach_target_words, load_rows, read_file
+from ..base import BenchmarkData, Column
+from ..real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
+from .evaluate import evaluate_rwku
 
 HUB_ID = "jinzhuoran/RWKU"
 PROBE_SETS = ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.formatting import Formatter
-from ..data.labels import IGNORE_INDEX, UNIQUE
-from . import metrics
-from .logs import by_index, entry
-from .scoring import row_tokens
-from .tofu import TofuScorer, rouge_entries, score_entry
+from ...data.formatting import Formatter
+from ...data.labels import IGNORE_INDEX, UNIQUE
+from ...eval import metrics
+from ...eval.logs import by_index, entry
+from ...eval.scoring import row_tokens
+from ..tofu.evaluate import TofuScorer, rouge_entries, score_entry
 
 
 def evaluate_jsonl(model, tokenizer, fmt: Formatter, sets: dict, batch_size: int, max_new_tokens: int,

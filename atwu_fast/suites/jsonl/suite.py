@@ -6,10 +6,10 @@ Each row is a QA pair ``{"question", "answer"}`` or a raw ``{"text"}``, optional
 
 from __future__ import annotations
 
-from ..data.readers import DataError, attach_target_words, read_file
-from ..eval.jsonl import evaluate_jsonl
-from .base import BenchmarkData, Column
-from .real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
+from ...data.readers import DataError, attach_target_words, read_file
+from ..base import BenchmarkData, Column
+from ..real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
+from .evaluate import evaluate_jsonl
 
 
 def _check(rows: list[dict], path: str) -> list[dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from atwu_fast.data.readers import load_rows
-from atwu_fast.suites.tofu import CONFIGS, PERTURBED_FIELDS, load_tofu_sets
+from atwu_fast.suites.tofu.suite import CONFIGS, PERTURBED_FIELDS, load_tofu_sets
 
 TOFU = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tofu"
 # README: 200 authors x 20 QA; forget01/05/10 = 2/10/20 authors, retainNN the rest; holdoutNN sized

@@ -13,10 +13,10 @@ from scipy.special import logsumexp
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atwu_fast.data.formatting import Formatter
-from atwu_fast.eval import rwku
 from atwu_fast.eval.metrics import rouge_l_recall_rwku
 from atwu_fast.eval.scoring import logprob_moments, row_tokens
-from atwu_fast.suites.rwku import load_rwku_sets
+from atwu_fast.suites.rwku import evaluate as rwku
+from atwu_fast.suites.rwku.suite import load_rwku_sets
 
 # (prediction, reference, RWKU's recall, rouge_score's recall), each derived by hand:
 # RWKU: sentences split at '.', words at ' ' (case and other punctuation kept), recall =

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from atwu_fast.eval.tofu_original import (
+from atwu_fast.suites.tofu.original_logs import (
     ORIGINAL_COLUMNS,
     LogFormatError,
     check_forget_rows,
@@ -21,7 +21,7 @@ from atwu_fast.eval.tofu_original import (
     score_original,
     template_questions,
 )
-from atwu_fast.suites.tofu import load_tofu_sets
+from atwu_fast.suites.tofu.suite import load_tofu_sets
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / ".." / "shared" / "data"

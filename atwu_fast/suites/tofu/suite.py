@@ -9,12 +9,12 @@ and ``holdoutNN`` (MIA non-members).
 
 from __future__ import annotations
 
-from ..data.readers import DataError, attach_target_words, load_rows, read_file
-from ..eval.judge import load_judge
-from ..eval.tofu import evaluate_tofu
-from ..eval.tofu_original import check_forget_rows
-from .base import BenchmarkData, Column
-from .real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
+from ...data.readers import DataError, attach_target_words, load_rows, read_file
+from ...eval.judge import load_judge
+from ..base import BenchmarkData, Column
+from ..real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
+from .evaluate import evaluate_tofu
+from .original_logs import check_forget_rows
 
 HUB_ID = "locuslab/TOFU"
 FORGET_SPLITS = {"forget01": "01", "forget05": "05", "forget10": "10"}

@@ -14,9 +14,16 @@ from atwu_fast.data.formatting import Formatter
 from atwu_fast.eval import metrics
 from atwu_fast.eval.logs import load_logs, save_logs, summarize
 from atwu_fast.eval.scoring import RowTokens, row_tokens
-from atwu_fast.eval.tofu import MIA_KEYS, UTILITY_KEYS, evaluate_tofu, mia_scores, prob_entry, truth_ratio_entry
-from atwu_fast.eval.tofu_original import load_reference
-from atwu_fast.suites.tofu import load_tofu_sets
+from atwu_fast.suites.tofu.evaluate import (
+    MIA_KEYS,
+    UTILITY_KEYS,
+    evaluate_tofu,
+    mia_scores,
+    prob_entry,
+    truth_ratio_entry,
+)
+from atwu_fast.suites.tofu.original_logs import load_reference
+from atwu_fast.suites.tofu.suite import load_tofu_sets
 
 REF_LOGS = FIXTURES / "tofu_retain_logs" / "TOFU_EVAL.json"
 

@@ -24,10 +24,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..data.formatting import Formatter, stop_token_ids
-from . import metrics
-from .logs import by_index, entry
-from .scoring import generate, row_tokens
+from ...data.formatting import Formatter, stop_token_ids
+from ...eval import metrics
+from ...eval.logs import by_index, entry
+from ...eval.scoring import generate, row_tokens
 
 FB_PROMPT = "Please complete the blank in the following question.\nQuestion: {query}\n"
 QA_PROMPT = "Please briefly answer the following question.\nQuestion: {query}\n"

@@ -21,7 +21,7 @@ retain model evaluated first as the "retain model" reference row; the forget spl
 ``--benchmark.spans_file`` is set.
 
 The methods' hyper-parameters tuned on this protocol (``python -m atwu_fast.tune --benchmark tofu
---model tiny ...``) ship in ``tofu_tiny_tuned.json`` beside this module; a run applies them as it does
+--model tiny ...``) ship in ``tiny_tuned.json`` beside this module; a run applies them as it does
 the embedded benchmark's (``--tuned``). They belong to the tiny models: a real TOFU model (``--model
 <id>``) gets none.
 """
@@ -37,17 +37,17 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from ..config import check, option
-from ..data.io import atomic_dir, cache_key
-from ..data.readers import DataError, load_rows
-from ..finetune.build import SUMMARY_FILE, finetune_to_dir
-from ..finetune.loop import FinetuneConfig
-from ..finetune.parallel import run_jobs
-from ..finetune.tiny import ModelConfig, TinyConfig, build_tiny_llama, train_tokenizer
-from ..model.loading import load_pretrained
-from .base import BenchmarkData
-from .real import encode_training
-from .tofu import CONFIGS, HUB_ID, TofuSuite, load_qa_config, load_tofu_sets
+from ...config import check, option
+from ...data.io import atomic_dir, cache_key
+from ...data.readers import DataError, load_rows
+from ...finetune.build import SUMMARY_FILE, finetune_to_dir
+from ...finetune.loop import FinetuneConfig
+from ...finetune.parallel import run_jobs
+from ...finetune.tiny import ModelConfig, TinyConfig, build_tiny_llama, train_tokenizer
+from ...model.loading import load_pretrained
+from ..base import BenchmarkData
+from ..real import encode_training
+from .suite import CONFIGS, HUB_ID, TofuSuite, load_qa_config, load_tofu_sets
 
 TINY = "tiny"  # --model tiny
 CACHE_VERSION = 1
@@ -146,7 +146,7 @@ class TinyTofuSuite(TofuSuite):
     """``cfg`` sections used: benchmark, tiny, cache_dir (and train, efficiency)."""
 
     default_new_tokens = 128  # measured: README "TOFU at laptop scale"
-    tuned_file = Path(__file__).with_name("tofu_tiny_tuned.json")
+    tuned_file = Path(__file__).with_name("tiny_tuned.json")
 
     def __init__(self, cfg):
         super().__init__(cfg)

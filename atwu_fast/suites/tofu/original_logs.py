@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
-from .logs import RetainReference, find_eval_file
+from ...eval import metrics
+from ...eval.logs import RetainReference, find_eval_file
 
 AGGREGATED = "eval_log_aggregated.json"
 TASK_FILES = {"forget": "eval_log_forget.json", "retain": "eval_log.json",

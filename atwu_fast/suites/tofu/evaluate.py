@@ -25,11 +25,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..data.formatting import Formatter, stop_token_ids
-from ..data.labels import IGNORE_INDEX, UNIQUE
-from . import leak, metrics
-from .logs import RetainReference, by_index, entry
-from .scoring import RowTokens, generate, row_tokens
+from ...data.formatting import Formatter, stop_token_ids
+from ...data.labels import IGNORE_INDEX, UNIQUE
+from ...eval import leak, metrics
+from ...eval.logs import RetainReference, by_index, entry
+from ...eval.scoring import RowTokens, generate, row_tokens
 
 UTILITY_KEYS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
                 "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE", "ra_Truth_Ratio",

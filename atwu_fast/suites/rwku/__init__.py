@@ -1,0 +1,2 @@
+"""RWKU (real-world knowledge unlearning): the reader and suite (:mod:`.suite`), its evaluation
+(:mod:`.evaluate`)."""

@@ -226,6 +226,10 @@ class Method:
     def make_hooks(self, params) -> TrainingHooks:
         return self.hooks(params) if self.hooks else TrainingHooks()
 
+    def fixed_values(self) -> dict[str, dict]:
+        """Section name -> the fields this method fixes there."""
+        return {self.params_section: dict(self.fixed)} if self.fixed else {}
+
     def ignored_settings(self, section_values) -> list[str]:
         """Section values set away from their defaults that this method overrides (for a warning)."""
         defaults = self.params_type()

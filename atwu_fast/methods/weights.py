@@ -110,6 +110,12 @@ class WeightedMethod(Method):
         own = None if self.base.weight_hooks or not self.base.hooks else self.base.hooks(params.base)
         return combine(own, self.source.hooks(params.source))
 
+    def fixed_values(self) -> dict[str, dict]:
+        fixed = self.base.fixed_values()
+        if self.source.fixed:
+            fixed[self.source.section] = {**fixed.get(self.source.section, {}), **self.source.fixed}
+        return fixed
+
     def ignored_settings(self, sections: Weighted) -> list[str]:
         notes = self.base.ignored_settings(sections.base)
         if self.source.fixed and sections.source is not None:

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import ConfigError, merge
+from ..config import ConfigError
 from ..config.args import fail
-from ..config.options import dotted_to_nested
 from ..data.io import atomic_write_json, atomic_write_text
 from ..data.readers import DataError
 from ..eval.logs import RetainReference
@@ -49,6 +48,7 @@ from ..suites import Suite, make_suite
 from ..suites.base import Evaluation
 from ..train.trainer import DivergenceError, Unlearner
 from .outputs import METRICS_FILE, REFERENCE_FILE, finished_metrics, metric_value
+from .resolve import Resolved, annotated_yaml, resolve
 
 RETAIN_MODEL, TARGET_MODEL = "retain model", "target model"
 
@@ -63,6 +63,7 @@ class Run:
     ctx: DistContext = SINGLE
     retain: Optional[RetainReference] = None  # the forget-quality reference
     quiet: bool = False  # no progress lines (a study running many methods)
+    resolved: Optional[Resolved] = None  # the method's values and their sources (config.yaml)
 
     def log(self, message: str) -> None:
         if self.ctx.is_main and not self.quiet:
@@ -265,7 +266,9 @@ def run_method(name: str, run: Run) -> dict:
     if not ctx.is_main:
         return metrics
     unlearner.hooks.save(method_dir)
-    atomic_write_text(method_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    resolved = run.resolved or resolve(cfg, suite, name)
+    atomic_write_text(method_dir / "config.yaml", annotated_yaml(resolved, f"{name} on {suite.name}: every option "
+                                                                           "as this method ran"))
     suite.write_logs(method_dir, evaluation)
     atomic_write_json(method_dir / "history.json",
                       {"steps": result.history, "span_checkpoints": checkpoints, "evals": state.evals})
@@ -287,14 +290,10 @@ def output_dir(cfg, suite: Suite) -> Path:
 
 
 def with_tuned(cfg, suite: Suite, name: str, explicit: frozenset[str] = frozenset()) -> tuple[object, dict]:
-    """``cfg`` with the values tuned for method ``name`` on this benchmark (``--tuned``), except those the
-    user set (``explicit`` dotted keys); returns the config and the values applied."""
-    if not cfg.tuned:
-        return cfg, {}
-    values = {k: v for k, v in suite.tuned().get(name, {}).items() if k not in explicit}
-    if not values:
-        return cfg, {}
-    return merge(cfg, dotted_to_nested(values), where=f"tuned values of {name}"), values
+    """``cfg`` with the values tuned for method ``name`` on this benchmark, except those the user set
+    (:func:`~atwu_fast.unlearn.resolve.resolve`); returns the config and the values applied."""
+    resolved = resolve(cfg, suite, name, explicit)
+    return resolved.cfg, resolved.tuned
 
 
 def run(cfg, explicit: frozenset[str] = frozenset()) -> int:
@@ -302,8 +301,12 @@ def run(cfg, explicit: frozenset[str] = frozenset()) -> int:
     ``explicit``: the dotted keys the user set, which the methods' tuned values never override."""
     t0 = time.perf_counter()
     suite = make_suite(cfg)
-    out_dir = output_dir(cfg, suite)
     methods = cfg.method_list()
+    if cfg.print_config:
+        for name in methods:
+            print(annotated_yaml(resolve(cfg, suite, name, explicit), f"{name} on {suite.name}"))
+        return 0
+    out_dir = output_dir(cfg, suite)
     if not cfg.resume and out_dir.exists() and any(out_dir.iterdir()):
         fail(f"output directory {out_dir} is not empty; choose another --output-dir (or --resume)")
     if cfg.benchmark.keep_best_by and not cfg.benchmark.eval_every_epoch:
@@ -341,11 +344,12 @@ def run(cfg, explicit: frozenset[str] = frozenset()) -> int:
                 results[name] = finished[name]
                 this.log(f"{name}: already finished, kept")
                 continue
-            method_cfg, tuned = with_tuned(cfg, suite, name, explicit)
+            resolved = resolve(cfg, suite, name, explicit)
+            method_cfg = resolved.cfg
             this.log(f"unlearning with {name} ({suite.train_config(method_cfg.train).steps} steps, "
-                     f"lr {method_cfg.train.lr:g}{', tuned' if tuned else ''}) ...")
+                     f"lr {method_cfg.train.lr:g}{', tuned' if resolved.tuned else ''}) ...")
             try:
-                results[name] = run_method(name, dataclasses.replace(this, cfg=method_cfg))
+                results[name] = run_method(name, dataclasses.replace(this, cfg=method_cfg, resolved=resolved))
             except DivergenceError as exc:
                 if ctx.is_main:
                     print(f"error: {name} diverged: {exc}; the last good checkpoint is in "

@@ -75,6 +75,9 @@ ExperimentConfig = dataclasses.make_dataclass("ExperimentConfig", [
     ("tuned", bool, option("run each method with the hyper-parameters tuned for it on this benchmark (python -m "
                            "atwu_fast.tune; values you set yourself win); false: the sections' defaults", True)),
     ("output_dir", str, option("where results are written (default: runs/<method>-<time>)", "")),
+    ("print_config", bool, option("print every option each method would run with, and where each value comes from "
+                                  "(its default, fixed by the method, tuned for it on this benchmark, or yours), "
+                                  "then exit", False)),
     ("resume", bool, option("continue an interrupted run in --output-dir from its latest checkpoints", False)),
     ("cache_dir", str, option("where the tokenizers and tiny models are cached (embedded benchmark, --model tiny)",
                               ".cache/atwu_fast")),

@@ -67,11 +67,84 @@ class LossWeights:
     gamma: float = option("forget-loss weight", 1.0)
 
 
+class HookContext:
+    """What a method's hooks may read and call during training, and nothing else of the trainer: the
+    ``loop`` argument of every :class:`TrainingHooks` method. Built by the trainer over itself; a hook
+    that reaches for anything not listed here fails at once (AttributeError)."""
+
+    def __init__(self, trainer):
+        self._trainer = trainer
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model being trained (wrapped under DDP / FSDP, adapters injected under LoRA)."""
+        return self._trainer.model
+
+    @property
+    def reference(self):
+        """The frozen reference model, a zero-argument context-manager factory (LoRA), or None."""
+        return self._trainer.reference
+
+    @property
+    def cfg(self):
+        """The ``train`` section (:class:`~atwu_fast.train.config.TrainConfig`): batch sizes, chunk size, seed."""
+        return self._trainer.cfg
+
+    @property
+    def forget(self) -> list[dict]:
+        """The encoded forget rows (``input_ids``, ``labels``, ``span_kind``)."""
+        return self._trainer.forget
+
+    @property
+    def retain(self) -> list[dict]:
+        return self._trainer.retain
+
+    @property
+    def forget_indices(self) -> list[int]:
+        """This rank's forget rows of the current micro-batch (indices into :attr:`forget`)."""
+        return self._trainer.forget_indices
+
+    @property
+    def retain_indices(self) -> list[int]:
+        return self._trainer.retain_indices
+
+    @property
+    def forget_source(self) -> list[dict]:
+        """The forget rows as the benchmark has them (question / answer text)."""
+        return self._trainer.forget_source
+
+    @property
+    def dist(self):
+        """The distributed context (``enabled``, ``world``, ``rank``, collectives)."""
+        return self._trainer.dist
+
+    @property
+    def packing(self) -> bool:
+        """Whether micro-batches are packed into one sequence (padding-free)."""
+        return self._trainer.packing
+
+    def batch(self, rows: list[dict]) -> dict[str, Tensor]:
+        """Encoded rows as one model-ready batch on the model's device (padded or packed)."""
+        return self._trainer.batch(rows)
+
+    def encode(self, question: str, answer: str) -> dict:
+        """A new QA row in the benchmark's format (e.g. DPO's alternative answers)."""
+        return self._trainer.encode(question, answer)
+
+    def reference_forward(self, rows: list[dict], fn):
+        """``fn(reference_model, batch)`` under no_grad on the reference model."""
+        return self._trainer.reference_forward(rows, fn)
+
+    def record_nll(self, stats: dict, forget_nll: Tensor, retain_nll: Tensor) -> None:
+        """Record a fused head's per-token NLLs in the step statistics."""
+        self._trainer.record_nll(stats, forget_nll, retain_nll)
+
+
 class TrainingHooks:
     """What a method may plug into the unlearning loop; the defaults add nothing.
 
-    ``loop`` is the running :class:`~atwu_fast.train.trainer.Unlearner` (its model, options, rows,
-    distributed context and forward helpers). Per micro-batch the loop calls :meth:`after_forward`
+    ``loop`` is a :class:`HookContext`: the model, options, rows, distributed context and forward
+    helpers of the running loop. Per micro-batch the loop calls :meth:`after_forward`
     once the decoder forward has produced the answer tokens; if it returns a loss (a fused LM head
     that computes the NLL itself) that is the micro-batch's loss. Otherwise the loop computes the
     per-token NLL into ``q`` and calls :meth:`before_loss`, whose return value is added to the

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from ..data.labels import answer_label_count
-from ..methods.base import Method, TokenQuantities, TrainingHooks
+from ..methods.base import HookContext, Method, TokenQuantities, TrainingHooks
 from ..model.distributed import (
     SINGLE,
     DistContext,
@@ -101,13 +101,14 @@ class Unlearner:
         self.dist = dist
         self.params = method.params(params)
         self.hooks: TrainingHooks = method.make_hooks(self.params)
+        self.context = HookContext(self)  # all the hooks see of this loop
         self.hooks.select_parameters(model)  # before wrapping: DDP / FSDP register what trains
         self.step_module = wrap(model, dist, parallel)
         # Collected right after wrapping, before setup: setup may forward through the wrapped model
         # (ATWU's scorer pre-training), after which FSDP's model.parameters() no longer yields the
         # sharded parameters every rank steps, and the ranks drift apart from the first step.
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        groups += self.hooks.setup(self)
+        groups += self.hooks.setup(self.context)
         self.optimizer = build_optimizer(groups, optim, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_lambda(cfg.warmup_steps, cfg.steps, cfg.lr_schedule))
@@ -160,7 +161,7 @@ class Unlearner:
                             n_forget_seqs=len(forget_rows), retain_nll=torch.zeros(0),
                             forget_span_kind=kinds[is_forget] if kinds is not None else None,
                             n_forget=norms.n_forget, n_retain=norms.n_retain, n_seqs_total=norms.n_seqs)
-        fused = self.hooks.after_forward(self, step, tokens, is_forget, q, stats)
+        fused = self.hooks.after_forward(self.context, step, tokens, is_forget, q, stats)
         if fused is not None:
             return fused
         nll = token_nll(self.model, tokens, self.cfg.loss_chunk_size)
@@ -168,7 +169,7 @@ class Unlearner:
         if self.method.needs_reference:
             q.ref_forget_nll = self.reference_nll(forget_rows)
         loss = torch.zeros((), dtype=nll.dtype)
-        loss = loss + self.hooks.before_loss(self, step, tokens, is_forget, q, stats)
+        loss = loss + self.hooks.before_loss(self.context, step, tokens, is_forget, q, stats)
         loss = loss + self.method.loss(q, self.params)
         self.record_nll(stats, q.forget_nll, q.retain_nll)
         return loss
@@ -306,7 +307,7 @@ class Unlearner:
             loss.backward()
             total += loss.detach()
         total = (self.dist.all_reduce_sum(total.double()) / self.dist.world).item()
-        self.hooks.before_model_step(self)
+        self.hooks.before_model_step(self.context)
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
         grad_norm = clip_grad_norm(trainable, clip)
         problem = None

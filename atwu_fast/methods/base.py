@@ -67,6 +67,10 @@ class LossWeights:
     gamma: float = option("forget-loss weight", 1.0)
 
 
+def _from_trainer(name: str, doc: str) -> property:
+    return property(lambda self: getattr(self._trainer, name), doc=doc)
+
+
 class HookContext:
     """What a method's hooks may read and call during training, and nothing else of the trainer: the
     ``loop`` argument of every :class:`TrainingHooks` method. Built by the trainer over itself; a hook
@@ -75,53 +79,16 @@ class HookContext:
     def __init__(self, trainer):
         self._trainer = trainer
 
-    @property
-    def model(self) -> torch.nn.Module:
-        """The model being trained (wrapped under DDP / FSDP, adapters injected under LoRA)."""
-        return self._trainer.model
-
-    @property
-    def reference(self):
-        """The frozen reference model, a zero-argument context-manager factory (LoRA), or None."""
-        return self._trainer.reference
-
-    @property
-    def cfg(self):
-        """The ``train`` section (:class:`~atwu_fast.train.config.TrainConfig`): batch sizes, chunk size, seed."""
-        return self._trainer.cfg
-
-    @property
-    def forget(self) -> list[dict]:
-        """The encoded forget rows (``input_ids``, ``labels``, ``span_kind``)."""
-        return self._trainer.forget
-
-    @property
-    def retain(self) -> list[dict]:
-        return self._trainer.retain
-
-    @property
-    def forget_indices(self) -> list[int]:
-        """This rank's forget rows of the current micro-batch (indices into :attr:`forget`)."""
-        return self._trainer.forget_indices
-
-    @property
-    def retain_indices(self) -> list[int]:
-        return self._trainer.retain_indices
-
-    @property
-    def forget_source(self) -> list[dict]:
-        """The forget rows as the benchmark has them (question / answer text)."""
-        return self._trainer.forget_source
-
-    @property
-    def dist(self):
-        """The distributed context (``enabled``, ``world``, ``rank``, collectives)."""
-        return self._trainer.dist
-
-    @property
-    def packing(self) -> bool:
-        """Whether micro-batches are packed into one sequence (padding-free)."""
-        return self._trainer.packing
+    model = _from_trainer("model", "The model being trained (wrapped under DDP / FSDP, adapters injected under LoRA).")
+    reference = _from_trainer("reference", "The frozen reference model, a context-manager factory (LoRA), or None.")
+    cfg = _from_trainer("cfg", "The ``train`` section (TrainConfig): batch sizes, chunk size, seed.")
+    forget = _from_trainer("forget", "The encoded forget rows (``input_ids``, ``labels``, ``span_kind``).")
+    retain = _from_trainer("retain", "The encoded retain rows.")
+    forget_indices = _from_trainer("forget_indices", "This rank's forget rows of the current micro-batch.")
+    retain_indices = _from_trainer("retain_indices", "This rank's retain rows of the current micro-batch.")
+    forget_source = _from_trainer("forget_source", "The forget rows as the benchmark has them (their text).")
+    dist = _from_trainer("dist", "The distributed context (``enabled``, ``world``, ``rank``, collectives).")
+    packing = _from_trainer("packing", "Whether micro-batches are packed into one sequence (padding-free).")
 
     def batch(self, rows: list[dict]) -> dict[str, Tensor]:
         """Encoded rows as one model-ready batch on the model's device (padded or packed)."""

@@ -21,6 +21,8 @@ from ..data.labels import IGNORE_INDEX
 
 # The reference harness adds this to denominators (truth ratio, normalised prob, privleak).
 _EPS = 1e-10
+# Min-K%++: open-unlearning clamps the variance of log p(v) under v ~ p here (σ_t ≥ 1e−3).
+MIN_K_PP_VAR_FLOOR = 1e-6
 
 
 def _rows(x) -> list[np.ndarray]:
@@ -196,7 +198,7 @@ def _aligned(pred_row, label_row, ignore_index: int) -> tuple[np.ndarray, np.nda
     return preds[keep], labels[keep]
 
 
-def extraction_strength(pred_ids, label_ids, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def extraction_strength(pred_ids, label_ids, ignore_index: int = IGNORE_INDEX, empty: float = 0.0) -> np.ndarray:
     """Per-row ES = 1 − k*/N over the N answer tokens.
 
     ``pred_ids[i][t]`` is the teacher-forced argmax prediction for answer token ``label_ids[i][t]``
@@ -205,14 +207,16 @@ def extraction_strength(pred_ids, label_ids, ignore_index: int = IGNORE_INDEX) -
 
     Quirk reproduced from the reference harness: k only runs to N−1, and when no suffix matches
     the loop ends with k = N−1, so ES = 1/N (not 0) both when only the last token matches and when
-    nothing matches. A fully memorised answer gives ES = 1. Rows with N = 0 give NaN.
+    nothing matches. A fully memorised answer gives ES = 1. A row with no scorable token (N = 0)
+    scores ``empty``: 0 by default, as open-unlearning records it, so the row counts in the mean
+    (NaN leaves it out of a ``nanmean``).
     """
     out = []
     for p_row, l_row in zip(_rows(pred_ids), _rows(label_ids), strict=True):
         preds, labels = _aligned(p_row, l_row, ignore_index)
         n = labels.size
         if n == 0:
-            out.append(float("nan"))
+            out.append(float(empty))
             continue
         k = n - 1
         for start in range(n):
@@ -288,24 +292,13 @@ def mia_min_k(token_logprobs, k: float = 0.4) -> np.ndarray:
     return np.array([_min_k_mean(np.asarray(r, dtype=np.float64), k) for r in _rows(token_logprobs)])
 
 
-def vocab_logprob_moments(vocab_logprobs) -> tuple[np.ndarray, np.ndarray]:
-    """μ_t = Σ_v p_v log p_v and σ_t = sqrt(Σ_v p_v (log p_v)² − μ_t²) from [T, V] log-probs.
-
-    These are the mean and standard deviation of log p(v) under v ~ p, used by Min-K++.
-    The variance is floored at 1e−6 for numerical safety.
-    """
-    lp = np.asarray(vocab_logprobs, dtype=np.float64)
-    p = np.exp(lp)
-    mu = (p * lp).sum(axis=-1)
-    var = (p * lp**2).sum(axis=-1) - mu**2
-    return mu, np.sqrt(np.maximum(var, 1e-6))
-
-
 def mia_min_k_plus_plus(token_logprobs, mu, sigma, k: float = 0.4) -> np.ndarray:
     """Min-K%++ score per sample: −mean of the lowest max(1, ⌊k·T⌋) of z_t = (log p(y_t) − μ_t)/σ_t.
 
-    ``mu`` and ``sigma`` are per-token rows aligned with ``token_logprobs`` (σ is a standard
-    deviation, see :func:`vocab_logprob_moments`).
+    ``mu`` and ``sigma`` are per-token rows aligned with ``token_logprobs``: the mean and standard
+    deviation of log p(v) under v ~ p at each position, as
+    :func:`atwu_fast.eval.scoring.logprob_moments` computes them (the one implementation; its variance
+    is clamped at :data:`MIN_K_PP_VAR_FLOOR`, so σ_t ≥ 1e−3 as in open-unlearning).
     """
     out = []
     for lp, m, s in zip(_rows(token_logprobs), _rows(mu), _rows(sigma), strict=True):

@@ -3,8 +3,9 @@
 Per-token NLL goes through the chunked LM-head op on the answer tokens only
 (:func:`atwu_fast.model.tokens.map_answer_tokens`). Argmax predictions (extraction strength, exact
 memorisation) and the log-prob moments μ_t, σ_t that Min-K%++ needs are computed chunk by chunk
-over those tokens (``chunk × V`` at a time; the moments in float64, :func:`logprob_moments`). Generation is batched greedy decoding of left-padded
-prompts (:func:`atwu_fast.model.generation.greedy_generate`).
+over those tokens (``chunk × V`` at a time; the moments in float64, :func:`logprob_moments`, the only
+implementation of them). Generation is batched greedy decoding of left-padded prompts
+(:func:`atwu_fast.model.generation.greedy_generate`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from atwu_kernels.families import model_logit_transform
 
 from ..model.generation import greedy_generate
 from ..model.tokens import lm_head, map_answer_tokens, token_nll
+from .metrics import MIN_K_PP_VAR_FLOOR
 
 
 @dataclass
@@ -44,10 +46,14 @@ def _split(values: torch.Tensor, seq: torch.Tensor, n: int) -> list[np.ndarray]:
 
 
 def logprob_moments(logits: torch.Tensor, rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """μ_t = Σ_v p_v log p_v and σ_t = sqrt(max(Σ_v p_v (log p_v)² − μ_t², 0)) of [T, V] logits, in float64.
+    """μ_t = Σ_v p_v log p_v and σ_t = sqrt(max(Σ_v p_v (log p_v)² − μ_t², 1e−6)) of [T, V] logits, in float64.
 
-    Min-K%++'s moments, RWKU's and open-unlearning's one-pass formula; float32 would leave ~1e-6 errors
-    (the variance cancels). ``rows`` logit rows at a time bound the float64 copies to rows × V.
+    The mean and standard deviation of log p(v) under v ~ p (p = softmax of the row): Min-K%++'s moments,
+    the one implementation every Min-K%++ path uses. The variance is clamped at
+    :data:`~atwu_fast.eval.metrics.MIN_K_PP_VAR_FLOOR` as open-unlearning does, so a sharpened
+    distribution gets σ_t = 1e−3. Log-probs are valid input too (their log-softmax is themselves).
+    float32 would leave ~1e-6 errors (the variance cancels). ``rows`` logit rows at a time bound the
+    float64 copies to rows × V.
     """
     mus, sigmas = [], []
     for lo in range(0, logits.shape[0], rows):
@@ -55,7 +61,7 @@ def logprob_moments(logits: torch.Tensor, rows: int = 256) -> tuple[torch.Tensor
         p = lp.exp()
         mu = (p * lp).sum(-1)
         mus.append(mu)
-        sigmas.append(((p * lp * lp).sum(-1) - mu * mu).clamp_min(0).sqrt())
+        sigmas.append(((p * lp * lp).sum(-1) - mu * mu).clamp_min(MIN_K_PP_VAR_FLOOR).sqrt())
     empty = logits.new_zeros(0, dtype=torch.float64)
     return (torch.cat(mus), torch.cat(sigmas)) if mus else (empty, empty)
 

@@ -196,17 +196,6 @@ def test_mia_min_k_plus_plus():
     assert out[0] == pytest.approx(1.5)
 
 
-def test_vocab_logprob_moments():
-    # p = (1/2, 1/4, 1/4): log p = (-l, -2l, -2l), l = ln 2
-    # mu = -(0.5 l + 0.5 * 2l) = -1.5 l ; E[(log p)^2] = 0.5 l^2 + 0.5 * 4 l^2 = 2.5 l^2
-    # var = 2.5 l^2 - 2.25 l^2 = 0.25 l^2 -> sigma = 0.5 l
-    # uniform row: var = 0 -> floored at 1e-6 -> sigma = 1e-3
-    lp = np.log([[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]])
-    mu, sigma = M.vocab_logprob_moments(lp)
-    np.testing.assert_allclose(mu, [-1.5 * LN2, math.log(1 / 3)], rtol=1e-10)
-    np.testing.assert_allclose(sigma, [0.5 * LN2, 1e-3], rtol=1e-6)
-
-
 def test_mia_auc_orientation():
     # forget clearly lower loss than holdout -> every (forget, holdout) pair ordered -> AUC 1
     assert M.mia_auc([0.1, 0.2, 0.3], [1.0, 2.0]) == pytest.approx(1.0)

@@ -13,9 +13,10 @@ summary-level LCS, words split on spaces with case and punctuation kept, distinc
 :func:`~atwu_fast.eval.metrics.rouge_l_recall_rwku`), or ``rouge="rouge_score"`` (lowercased,
 punctuation dropped, every token counted; not comparable with RWKU's tables). MIA on raw texts (no
 template, no eos): per-row loss-like scores (mean NLL, zlib, Min-K% and Min-K%++ with k = ``mia_k``;
-Min-K%++'s moments μ_t, σ_t in float64); ``mia_FM`` / ``mia_RM`` report the means (``agg_value`` =
-mean NLL, RWKU's headline reports −NLL), ``mia_auc_*`` the AUC of forget vs retain members (label 0 =
-forget member).
+Min-K%++'s moments μ_t, σ_t in float64 from :func:`~atwu_fast.eval.scoring.logprob_moments`, the
+variance clamped at 1e-6 as open-unlearning does, where RWKU's own script does not clamp it);
+``mia_FM`` / ``mia_RM`` report the means (``agg_value`` = mean NLL, RWKU's headline reports −NLL),
+``mia_auc_*`` the AUC of forget vs retain members (label 0 = forget member).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def mia_set(model, tokenizer, fmt: Formatter, rows: list[dict], batch_size: int,
     lp = [-n for n in toks.nll]
     return {"loss": metrics.mia_loss(mean_nll), "zlib": metrics.mia_zlib(mean_nll, [r["text"] for r in rows]),
             "min_k": metrics.mia_min_k(lp, k),
-            "min_k_plus_plus": metrics.mia_min_k_plus_plus(lp, toks.mu, [np.maximum(s, 1e-12) for s in toks.sigma], k)}
+            "min_k_plus_plus": metrics.mia_min_k_plus_plus(lp, toks.mu, toks.sigma, k)}
 
 
 def evaluate_rwku(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]], batch_size: int = 32,

@@ -16,7 +16,9 @@ Sets: ``forget`` (forgetNN_perturbed), ``retain`` (retain_perturbed), ``real_aut
   ``generate_text``, on the first ``leak_rows`` forget rows that have target words).
 
 Quirks reproduced: EOS is an answer token for probabilities and LOSS/ZLib; ES, EM, Min-K and
-Min-K++ drop the last answer token (the eos prediction), as the reference does.
+Min-K++ drop the last answer token (the eos prediction), as the reference does; a forget row with no
+answer token left scores ES 0 and counts in its mean; Min-K++'s σ_t is clamped at 1e-3. Where the
+metrics intentionally differ from the reference harnesses: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -115,8 +117,9 @@ def mia_scores(tokens: RowTokens, texts: list[str], k: float) -> dict[str, np.nd
     out = {"mia_loss": metrics.mia_loss(mean_nll), "mia_zlib": metrics.mia_zlib(mean_nll, texts),
            "mia_min_k": metrics.mia_min_k(lp, k)}
     if tokens.mu is not None:
+        # μ_t, σ_t from scoring.logprob_moments (σ_t ≥ 1e-3, open-unlearning's variance clamp)
         out["mia_min_k_plus_plus"] = metrics.mia_min_k_plus_plus(
-            lp, [m[:-1] for m in tokens.mu], [np.maximum(s[:-1], 1e-12) for s in tokens.sigma], k)
+            lp, [m[:-1] for m in tokens.mu], [s[:-1] for s in tokens.sigma], k)
     return out
 
 

@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_results_json_has_every_method_and_required_keys(run_dir):
-    out, _ = run_dir
+    out, root = run_dir
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"atwu", "wga", "grad_diff"}
     for name, metrics in results.items():
@@ -52,6 +52,34 @@ def test_results_json_has_every_method_and_required_keys(run_dir):
     for name in results:  # the file rounds scores to 1e-6: only pairs closer than that can tie differently
         assert results[name]["span_auroc"] == pytest.approx(token_score_auroc(out / name), abs=5e-3), name
     assert results["grad_diff"]["span_auroc"] == results["grad_diff"]["span_auroc_delta"]
+    # GradDiff's ascent outweighs its retain term here; ATWU's and WGA's forget weights p^β are small on a
+    # model fine-tuned for 25 steps (forget probability < 0.01), so their retain term lifts the forget
+    # probability too, only less than the retain probability
+    assert_methods_unlearned(out, root / "cache", list(results), forget_prob_falls=["grad_diff"])
+
+
+def assert_methods_unlearned(out, cache, methods, forget_prob_falls=()):
+    """What a method that does nothing (its model = the target) fails, from values the run itself wrote:
+    every method's weights moved from the cached target model's, and its forget answers lost probability
+    relative to its retain answers against the target model's row in reference.json; the methods in
+    ``forget_prob_falls`` also lowered the forget probability itself."""
+    results = json.loads((out / "results.json").read_text())
+    target = json.loads((out / "reference.json").read_text())["models"]["target model"]
+    lr = yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"]
+    (target_file,) = cache.glob("target-*/model.safetensors")
+    start = load_file(str(target_file))
+    for name in methods:
+        weights = load_file(str(out / name / "model" / "model.safetensors"))
+        assert weights.keys() == start.keys(), name
+        moved = max((weights[k].float() - start[k].float()).abs().max().item() for k in start)
+        # AdamW's first step moves every weight with a gradient by lr·g/(|g| + ε) ≈ ±lr, so after 4 steps some
+        # weight whose gradient kept its sign sits ≈ 4·lr from the target (measured: 4.01·lr); doing nothing: 0
+        assert moved >= lr, (name, moved, lr)
+        # the evaluation is deterministic: an unchanged model reproduces the target's ratio exactly
+        ratio = results[name]["forget_prob"] / results[name]["retain_prob"]
+        assert ratio < target["forget_prob"] / target["retain_prob"], (name, ratio, target)
+    for name in forget_prob_falls:
+        assert results[name]["forget_prob"] < target["forget_prob"], (name, results[name], target)
 
 
 def token_score_auroc(method_dir) -> float:

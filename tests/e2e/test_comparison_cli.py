@@ -4,7 +4,7 @@ method and plug-in pair writes its row, its outputs and its report section; --we
 import json
 
 import pytest
-from test_cli import TINY  # tests/e2e is on sys.path
+from test_cli import TINY, assert_methods_unlearned  # tests/e2e is on sys.path
 
 from atwu_fast.unlearn.__main__ import main
 
@@ -20,6 +20,9 @@ def test_new_methods_and_plug_ins_write_rows_and_reports(tmp_path):
     for name in NEW:
         assert 0.0 <= results[name]["forget_quality"] <= 1.0 and results[name]["model_utility"] >= 0.0
         assert (out / name / "metrics.json").is_file() and (out / name / "token_scores.json").is_file()
+    # every method changed the target model and unlearned selectively; all but SEUL, whose mask pushes on a
+    # few surprising tokens while its retain term lifts every answer, lowered the forget probability itself
+    assert_methods_unlearned(out, tmp_path / "c", NEW, forget_prob_falls=[m for m in NEW if m != "seul"])
     assert results["npo+atwu"]["span_auroc"] is not None
     # RMU computes no token weights: its tokens are ranked by their NLL increase, like every such method
     assert results["rmu"]["span_auroc"] == results["rmu"]["span_auroc_delta"] is not None

@@ -1,19 +1,21 @@
 """``python -m atwu_fast.finetune``: fine-tunes a tiny or a pretrained model on a TOFU config, resumes a
-crashed run to the weights of an uninterrupted one, and refuses bad input with one line and exit 2."""
+crashed run to the weights of an uninterrupted one, and refuses bad input with one line and exit 2. The
+fine-tuning runs read the real TOFU data (``ATWU_TEST_DATA``, tests/fixtures/real_data.py): skipped without it."""
 
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from fixtures.tiny import save_tiny_model
+from fixtures.real_data import require_real_tofu, tofu_dir
+from fixtures.tiny import TOFU_DIR, save_tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from atwu_fast.finetune.__main__ import main
 from atwu_fast.finetune.loop import FineTuner
 
-TOFU = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tofu"
+TOFU = tofu_dir()  # a path only: the tests that read it call require_real_tofu() first
 TINY = ["--benchmark.data_dir", str(TOFU), "--split", "forget01", "--model", "tiny", "--tiny.vocab_size", "400",
         "--tiny.model.hidden_size", "32", "--tiny.model.intermediate_size", "64", "--tiny.model.num_layers", "1",
         "--finetune.batch_size", "8", "--finetune.epochs", "1.5", "--finetune.min_steps", "0",
@@ -30,6 +32,7 @@ def weights(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_tiny_fine_tuning_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    require_real_tofu()
     assert main(TINY + ["--output-dir", str(tmp_path / "a")]) == 0
     summary = json.loads((tmp_path / "a" / "model" / "finetune_summary.json").read_text())
     assert summary["steps"] == 8 and summary["rows"] == 40 and len(summary["history"]) == 8
@@ -60,6 +63,7 @@ def test_tiny_fine_tuning_resumes_to_the_uninterrupted_weights(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_a_pretrained_model_with_its_chat_template_and_lora_merged(tmp_path, capsys):
+    require_real_tofu()
     base = save_tiny_model(tmp_path / "base", chat=True)
     out = tmp_path / "out"
     assert main(["--benchmark.data_dir", str(TOFU), "--split", "forget01", "--model", str(base), "--finetune.lr",
@@ -76,7 +80,7 @@ def test_a_pretrained_model_with_its_chat_template_and_lora_merged(tmp_path, cap
     ([], "--model is required"),
     (["--model", "tiny", "--benchmark", "rwku"], "fine-tunes on TOFU configs"),
     (["--model", "tiny", "--finetune.lr", "0"], "must be positive"),
-    (["--model", "tiny", "--benchmark.data_dir", str(TOFU), "--split", "forget99"], "no file for config 'forget99'"),
+    (["--model", "tiny", "--benchmark.data_dir", str(TOFU_DIR), "--split", "forget99"], "no file for config 'forget99'"),
     (["--model", "tiny", "--resume"], "--resume needs the --output-dir of an interrupted run"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):

@@ -27,7 +27,8 @@ def make_quantities(seed=0, n_seqs=3):
 
 
 def reference_loss(name, q, lengths, params):
-    """Plain-python float64 formulas of ATWU.md's "Baselines" section, token by token."""
+    """Plain-python float64 formulas of docs/method.md ("The model step", "The named methods" and "The
+    baselines, in the same loss form"), token by token."""
     f = q.forget_nll.tolist()
     r = q.retain_nll.tolist()
     nf, nr = len(f), len(r)

@@ -168,13 +168,54 @@ def test_contrast_fused_equals_unfused(tiny, schedule):
 
 
 def test_contrast_method_uses_retain_hidden_states(tiny):
-    """With only the contrast term, the scorer's first update differs from a run without retain rows."""
+    """With only the contrast term, the scorer's first update differs from a run without retain rows:
+    the retain tokens' mean hidden state enters w's step and their term cancels the forget tokens' pull
+    on the bias (both classes sit at g = 0.5 when the scorer starts at w = 0, b = 0)."""
     params = dataclasses.replace(ATWUParams(), lambda_reward=0.0, lambda_contrast=1.0, lambda_entropy=0.0,
                                  lambda_budget=0.0, lambda_l2=0.0, update_every=1)
-    unlearner = make(tiny, "atwu", params, steps=1)
-    unlearner.run()
-    w = unlearner.hooks.scorer.weight.detach().clone()
-    assert w.abs().sum() > 0
+
+    def first_update(drop_retain):
+        unlearner = make(tiny, "atwu", params, steps=1)
+        seen = {}
+        original = unlearner.hooks.trainer.step
+
+        def step(hidden, nll, seq, n_seqs, hidden_retain=None, norms=None):
+            if drop_retain:
+                hidden_retain = None
+            seen.update(forget=hidden.detach().clone(), retain=hidden_retain)
+            return original(hidden, nll, seq, n_seqs, hidden_retain, norms)
+
+        unlearner.hooks.trainer.step = step
+        unlearner.run()
+        scorer = unlearner.hooks.scorer
+        return scorer.weight.detach().double(), scorer.bias.detach().double(), seen
+
+    w_with, b_with, seen_with = first_update(drop_retain=False)
+    w_without, b_without, seen_without = first_update(drop_retain=True)
+    assert seen_with["retain"] is not None and seen_with["retain"].shape[0] > 0
+    assert torch.equal(seen_with["forget"], seen_without["forget"])  # same model, same batch: only retain differs
+
+    def expected(h_f, h_r):
+        # first SGD step from w = 0, b = 0 (momentum buffer = gradient, weight decay × 0 = 0), every g = 0.5:
+        # ∂/∂z softplus(−z) = −0.5 on forget tokens, ∂/∂z softplus(z) = +0.5 on retain tokens, each class
+        # averaged over its own count; then the gradient-norm clip (max_norm / (norm + 1e-6), capped at 1)
+        h_f = h_f.double()
+        grad_w, grad_b = -0.5 * h_f.mean(0), torch.tensor(-0.5, dtype=torch.float64)
+        if h_r is not None:
+            grad_w, grad_b = grad_w + 0.5 * h_r.double().mean(0), grad_b + 0.5
+        norm = torch.sqrt(grad_w.pow(2).sum() + grad_b ** 2)
+        clip = min(1.0, params.scorer_max_grad_norm / (norm.item() + 1e-6))
+        return -params.scorer_lr * clip * grad_w, -params.scorer_lr * clip * grad_b
+
+    # fp32 engine vs this float64 formula: each gradient entry is a sum of N fp32 terms (N ≤ a few hundred
+    # answer tokens), relative error ≤ N·2⁻²⁴ ≈ 2e-5, on a step of size ≤ scorer_lr = 0.05 → atol 1e-6
+    ew, eb = expected(seen_with["forget"], seen_with["retain"])
+    assert torch.allclose(w_with, ew, rtol=0, atol=1e-6) and abs(b_with.item() - eb.item()) <= 1e-6
+    ew, eb = expected(seen_without["forget"], None)
+    assert torch.allclose(w_without, ew, rtol=0, atol=1e-6) and abs(b_without.item() - eb.item()) <= 1e-6
+    # the comparison itself: the retain rows change the step far beyond that tolerance
+    assert (w_with - w_without).abs().max() > 1e-3
+    assert b_with.abs() <= 1e-6 < 1e-3 < b_without  # balanced classes: no pull on the bias; forget only: b rises
 
 
 def test_reward_beta_zero_is_the_unsaturated_nll():

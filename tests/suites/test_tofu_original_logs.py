@@ -1,6 +1,7 @@
 """The original TOFU release's published logs: every layout loads, re-scoring matches the original
 script's formulas (computed here independently, plainly, from the raw JSON), row checks refuse logs of
-other rows, and anything that is not a harness log is a one-line error."""
+other rows, and anything that is not a harness log is a one-line error. The logs and the TOFU data come from
+``ATWU_TEST_DATA`` (tests/fixtures/real_data.py): a test that reads them is skipped without them."""
 
 import json
 import shutil
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.real_data import require_real_tofu, require_tofu_logs, tofu_logs_dir
 from scipy import stats
 
 from atwu_fast.suites.tofu.original_logs import (
@@ -23,12 +25,10 @@ from atwu_fast.suites.tofu.original_logs import (
 )
 from atwu_fast.suites.tofu.suite import load_tofu_sets
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / ".." / "shared" / "data"
-LOGS, TOFU = DATA / "tofu_logs", DATA / "tofu"
-FIXTURE_REF = REPO / "tests" / "fixtures" / "tofu_retain_logs" / "TOFU_EVAL.json"
+FIXTURE_REF = Path(__file__).resolve().parents[1] / "fixtures" / "tofu_retain_logs" / "TOFU_EVAL.json"
 MODELS = {"llama2-7b": "ft_epoch5_lr1e-05_llama2-7b", "phi-1.5": "ft_epoch5_lr2e-05_phi"}
-RUNS = sorted(p.name for p in LOGS.glob("ft_epoch5_*"))
+# one placeholder where the logs are missing, so that the test runs and says so (skips, or fails under CI)
+RUNS = sorted(p.name for p in tofu_logs_dir().glob("ft_epoch5_*")) or ["no-logs"]
 FILES = {"retain": "eval_log.json", "real_authors": "eval_real_author_wo_options.json",
          "world_facts": "eval_real_world_wo_options.json", "forget": "eval_log_forget.json"}
 # float64 arithmetic on identical inputs; only summation order and 1/x vs x differ (~1e-16 relative)
@@ -36,7 +36,8 @@ RTOL = 1e-12
 
 
 def run_dir(model: str, split: str, wd: str = "0") -> Path:
-    return LOGS / f"{MODELS[model]}_{split}_wd{wd}"
+    """A published run's folder; skips the test (fails it under CI) where the logs are missing."""
+    return require_tofu_logs() / f"{MODELS[model]}_{split}_wd{wd}"
 
 
 # --------------------------------------------------------------------------- an independent computation
@@ -173,7 +174,7 @@ def plain_forget_ratios(run: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("run", RUNS)
 def test_every_published_run_loads(run):
-    path = LOGS / run
+    path = require_tofu_logs() / run
     tasks = read_original_logs(path)
     split = run.split("_")[4]
     n_forget = {"full": 300, "retain90": 300, "retain95": 200, "retain99": 40}[split]
@@ -205,7 +206,9 @@ def test_every_layout_gives_the_same_reference(tmp_path):
         ref = load_reference(path)
         np.testing.assert_allclose(ref.forget_truth_ratio, want, rtol=RTOL, err_msg=str(path))
         assert ref.forget_prompts is not None and len(ref.forget_prompts) == 300
-    # open-unlearning's TOFU_EVAL.json, as a file or its folder
+
+
+def test_open_unlearning_eval_json_as_a_file_or_its_folder():
     for path in (FIXTURE_REF, FIXTURE_REF.parent):
         ref = load_reference(path)
         np.testing.assert_array_equal(ref.forget_truth_ratio, [0.5, 2.0, 0.8, 1.25])
@@ -233,7 +236,14 @@ def test_anything_else_is_a_one_line_error(tmp_path):
     _one_line_error(tmp_path / "TOFU_EVAL.json", "neither forget_truth_ratio rows nor mia_min_k")
     (tmp_path / "broken.json").write_text('{"forget_truth_ratio": ')
     _one_line_error(tmp_path / "broken.json", "not valid JSON")
-    _one_line_error(TOFU / "forget10.json", "not valid JSON")  # a data file (JSON lines), not a log
+    (tmp_path / "empty_dir").mkdir()
+    _one_line_error(tmp_path / "empty_dir", "no \\*_EVAL.json")
+    _one_line_error(tmp_path / "missing", "not found", FileNotFoundError)
+
+
+def test_real_files_that_are_not_a_whole_log_are_one_line_errors(tmp_path):
+    tofu = require_real_tofu()
+    _one_line_error(tofu / "forget10.json", "not valid JSON")  # a data file (JSON lines), not a log
     _one_line_error(run_dir("phi-1.5", "retain90") / "eval_log.json", "no eval_log_forget.json")
     for_other = tmp_path / "my_forget_log.json"
     shutil.copy(run_dir("phi-1.5", "retain90") / "eval_log_forget.json", for_other)
@@ -243,16 +253,13 @@ def test_anything_else_is_a_one_line_error(tmp_path):
     (tmp_path / "lacking").mkdir()
     (tmp_path / "lacking" / "eval_log_forget.json").write_text(json.dumps(lacking))
     _one_line_error(tmp_path / "lacking", "lacks average_perturb_loss")
-    (tmp_path / "empty_dir").mkdir()
-    _one_line_error(tmp_path / "empty_dir", "no \\*_EVAL.json")
-    _one_line_error(tmp_path / "missing", "not found", FileNotFoundError)
 
 
 # --------------------------------------------------------------------------- rows
 
 
 def forget_questions(split: str = "forget10") -> list[str]:
-    return [r["question"] for r in load_tofu_sets(str(TOFU), split).eval_sets["forget"]]
+    return [r["question"] for r in load_tofu_sets(str(require_real_tofu()), split).eval_sets["forget"]]
 
 
 def test_row_count_and_question_mismatches_are_refused():
@@ -318,7 +325,7 @@ def test_template_questions():
 
 
 def test_ds_size_keeps_the_first_rows():
-    sets = load_tofu_sets(str(TOFU), "forget10").eval_sets
+    sets = load_tofu_sets(str(require_real_tofu()), "forget10").eval_sets
     cut = limit_rows(sets, 300)
     assert {k: len(v) for k, v in cut.items()} == {"forget": 300, "retain": 300, "real_authors": 100,
                                                    "world_facts": 117, "holdout": 300}

@@ -1,15 +1,15 @@
-"""Every real TOFU config in ../shared/data/tofu loads through the loaders with the row counts and
-relations its README documents, and the target-word spans attach to the forget rows."""
+"""Every real TOFU config (``tofu/`` under ``ATWU_TEST_DATA``, tests/fixtures/real_data.py) loads through the
+loaders with the row counts and relations its README documents, and the target-word spans attach to the
+forget rows."""
 
 import json
-from pathlib import Path
 
 import pytest
+from fixtures.real_data import require_real_tofu
 
 from atwu_fast.data.readers import load_rows
 from atwu_fast.suites.tofu.suite import CONFIGS, PERTURBED_FIELDS, load_tofu_sets
 
-TOFU = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tofu"
 # README: 200 authors x 20 QA; forget01/05/10 = 2/10/20 authors, retainNN the rest; holdoutNN sized
 # like forgetNN; retain_perturbed 20 authors; real_authors 100 and world_facts 117 rows.
 ROWS = {"full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain99": 3960, "retain95": 3800,
@@ -19,8 +19,9 @@ ROWS = {"full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain9
 
 
 def test_every_config_loads_with_its_documented_rows():
+    tofu = require_real_tofu()
     assert set(CONFIGS) | {"full"} == set(ROWS)
-    rows = {c: load_rows(str(TOFU), c) for c in ROWS}
+    rows = {c: load_rows(str(tofu), c) for c in ROWS}
     assert {c: len(r) for c, r in rows.items()} == ROWS
     for c, r in rows.items():
         fields = PERTURBED_FIELDS if c.endswith("perturbed") and c.startswith(("forget", "retain")) else (
@@ -37,9 +38,10 @@ def test_every_config_loads_with_its_documented_rows():
 
 @pytest.mark.parametrize("split", ["forget01", "forget05", "forget10"])
 def test_load_tofu_sets_on_the_real_files(split):
+    tofu = require_real_tofu()
     nn = split[-2:]
-    spans_file = TOFU / f"{split}_target_words.json"
-    data = load_tofu_sets(str(TOFU), split, str(spans_file))
+    spans_file = tofu / f"{split}_target_words.json"
+    data = load_tofu_sets(str(tofu), split, str(spans_file))
     assert (len(data.forget), len(data.retain)) == (ROWS[split], ROWS[f"retain{100 - int(nn)}"])
     assert {k: len(v) for k, v in data.eval_sets.items()} == {
         "forget": ROWS[split], "retain": 400, "real_authors": 100, "world_facts": 117, "holdout": ROWS[split]}

@@ -10,6 +10,9 @@ Public API:
 Backends (``impl=``, see :mod:`atwu_kernels.dispatch`): ``"torch"`` (CPU default), ``"triton"``
 (cuBLAS GEMMs + a Triton row kernel; CUDA default), ``"triton_fused"`` (Triton GEMMs with the
 softmax in their epilogue/prologue). The Triton ones run on CPU under ``TRITON_INTERPRET=1``.
+A Triton backend picked by ``impl=None`` is checked against the torch path once per configuration
+and replaced by it, with one warning line, if it fails; ``ATWU_KERNELS_IMPL`` forces a backend
+unchecked (:mod:`atwu_kernels.selfcheck`).
 """
 
 from .coefficients import atwu_token_coefficients

@@ -8,7 +8,9 @@
   the softmax gradient formed as the ``dH``/``dW`` GEMMs load their operand, so ``G`` is never
   written (:mod:`.triton_fused`); an option until a GPU measurement says it should be the default.
 
-``impl=None`` picks ``"triton"`` for CUDA tensors and ``"torch"`` elsewhere. The Triton backends run
+``impl=None`` picks ``"triton"`` for CUDA tensors and ``"torch"`` elsewhere (:func:`default_impl`); the
+public ops then pass a non-torch choice through a first-use self-check against the torch path, and
+``ATWU_KERNELS_IMPL`` forces a backend instead (:mod:`atwu_kernels.selfcheck`). The Triton backends run
 on CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1`` before import).
 """
 
@@ -51,12 +53,17 @@ def _triton_backend(name: str) -> Backend:
     return Backend(name, sweep, triton_scorer.scorer_scores, triton_scorer.scorer_row_sum)
 
 
+def default_impl(device: torch.device) -> str:
+    """The backend ``impl=None`` means on ``device``: ``"triton"`` on CUDA, ``"torch"`` elsewhere."""
+    return "triton" if device.type == "cuda" else "torch"
+
+
 def resolve_impl(device: torch.device, impl: str | None, choices: tuple[str, ...] = IMPLEMENTATIONS) -> str:
     """The backend name for ``impl`` on ``device`` (``None`` = ``"triton"`` on CUDA, ``"torch"``
     otherwise), checked against ``choices`` (the backends an op has) and, for a Triton one off CUDA,
     against the interpreter being on. Every op with an ``impl=`` argument goes through here."""
     if impl is None:
-        impl = "triton" if device.type == "cuda" else "torch"
+        impl = default_impl(device)
     if impl not in choices:
         raise ValueError(f"impl must be one of {choices} or None, got {impl!r}")
     if impl != "torch" and device.type != "cuda" and not triton_interpreting():

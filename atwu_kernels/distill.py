@@ -46,6 +46,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import resolve_impl
+from .selfcheck import choose
 from .transform import LogitTransform
 
 DEFAULT_DISTILL_CHUNK = 512
@@ -144,7 +145,11 @@ def linear_distillation(
 
     ``impl``: ``"torch"`` or ``"triton"``; ``None`` picks ``"triton"`` for CUDA tensors and
     ``"torch"`` elsewhere, as the other ops do (:func:`atwu_kernels.dispatch.resolve_impl`; off CUDA
-    ``"triton"`` needs ``TRITON_INTERPRET=1``)."""
+    ``"triton"`` needs ``TRITON_INTERPRET=1``). A Triton backend chosen by ``impl=None`` is first checked
+    against the torch path, once per configuration (:mod:`atwu_kernels.selfcheck`)."""
+    options = (("teacher", teacher_weight.dtype), ("teacher_bias", teacher_bias is not None))
+    impl = choose("distill", impl, hidden, weight, bias, softcap=softcap, logit_scale=logit_scale, options=options,
+                  choices=DISTILL_IMPLEMENTATIONS)
     impl = resolve_impl(hidden.device, impl, DISTILL_IMPLEMENTATIONS)
     if hidden.shape != teacher_hidden.shape[:-1] + hidden.shape[-1:] or hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)}, teacher_hidden {tuple(teacher_hidden.shape)} and labels "

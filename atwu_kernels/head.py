@@ -18,6 +18,7 @@ from .coefficients import AtwuCoefficients
 from .inputs import no_autocast, prepare
 from .ops import fused_loss, make_plan
 from .scorer import scorer_scores
+from .selfcheck import choose
 
 __all__ = ["AtwuHeadOutput", "atwu_head", "scorer_scores"]
 
@@ -93,6 +94,12 @@ def atwu_head(
     if is_forget.shape != labels.shape:
         raise ValueError(f"is_forget.shape {tuple(is_forget.shape)} must equal labels.shape {tuple(labels.shape)}")
     p = prepare(hidden, weight, labels, bias, ignore_index)
+    options = (
+        ("saturation", saturation),
+        ("score_scale", score_scale is not None),
+        ("score_hidden", None if score_hidden is None else score_hidden.dtype),
+    )
+    impl = choose("atwu_head", impl, hidden, weight, bias, softcap=softcap, logit_scale=logit_scale, options=options)
     plan = make_plan(p, impl, softcap, logit_scale, chunk_size, ignore_index)
     flat_forget = is_forget.reshape(-1).to(torch.bool)
     forget = flat_forget & p.valid

@@ -17,6 +17,7 @@ import torch
 from .chunked import FusedLinearLoss, LinearTokenNLL, Plan, forward_stats
 from .dispatch import backend_for
 from .inputs import Prepared, prepare
+from .selfcheck import choose
 from .transform import LogitTransform
 
 DEFAULT_CHUNK_SIZE = 1024  # rows per logits buffer off CUDA
@@ -83,6 +84,7 @@ def linear_token_nll(
     (8·N·D·V FLOPs in all: 2 forward, 6 backward). Labels must be in ``[0, V)`` or ``ignore_index``.
     """
     p = prepare(hidden, weight, labels, bias, ignore_index)
+    impl = choose("token_nll", impl, hidden, weight, bias, softcap=softcap, logit_scale=logit_scale)
     plan = make_plan(p, impl, softcap, logit_scale, chunk_size, ignore_index)
     if p.any_grad:
         nll = LinearTokenNLL.apply(p.hidden, p.weight, p.bias, p.labels, plan)
@@ -148,6 +150,7 @@ def weighted_linear_cross_entropy(
         coefficients = torch.where(denominator != 0, weights / torch.where(denominator != 0, denominator, 1.0), 0.0)
     else:
         coefficients = weights
+    impl = choose("weighted_ce", impl, hidden, weight, bias, softcap=softcap, logit_scale=logit_scale)
     plan = make_plan(p, impl, softcap, logit_scale, chunk_size, ignore_index)
     loss, _, _ = fused_loss(p, plan, coefficients)
     return loss

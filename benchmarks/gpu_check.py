@@ -72,8 +72,9 @@ def run_tests(device) -> dict:
 def accuracy(shape, device, impls) -> dict:
     """Each backend's nll and gradients (bf16 leaves) within the bf16 bounds of the float64 truth."""
     import torch
-    from atwu_kernels import linear_token_nll
     from helpers import BF16_U, assert_within, bf16_gemm_bounds
+
+    from atwu_kernels import linear_token_nll
 
     n, d, v = shape
     gen = torch.Generator().manual_seed(0)
@@ -155,11 +156,12 @@ def measure(op, variant, problem, device, budget_s) -> dict:
 
 def timing(shape, device, dtype, impls, peers, budget_s) -> dict:
     import torch
-    from atwu_kernels import auto_chunk_size
-    from atwu_kernels.costs import op_costs
     from bench_cases import flops, make_problem
     from bench_model import expected_peak_bytes
     from peers import unavailable_reason
+
+    from atwu_kernels import auto_chunk_size
+    from atwu_kernels.costs import op_costs
 
     n, d, v = shape
     problem = make_problem(n, d, v, dtype, device)

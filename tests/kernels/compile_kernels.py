@@ -34,6 +34,10 @@ assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "run without the in
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
+
 from atwu_kernels import (  # noqa: E402
     atwu_head,
     dispatch,
@@ -45,9 +49,6 @@ from atwu_kernels import (  # noqa: E402
     triton_scorer,
     weighted_linear_cross_entropy,
 )
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource, make_backend  # noqa: E402
-from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
 
 MODULES = (triton_impl, triton_fused, triton_scorer, triton_distill)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from atwu_kernels.distill import linear_distillation
 from helpers import FP32_U, IGNORE, assert_within, triton_available
+
+from atwu_kernels.distill import linear_distillation
 
 NEEDS_TRITON = pytest.mark.skipif(not triton_available(), reason="needs CUDA or TRITON_INTERPRET=1")
 IMPLS = ["torch", pytest.param("triton", marks=NEEDS_TRITON)]

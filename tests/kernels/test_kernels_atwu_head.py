@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from atwu_kernels import atwu_head, linear_token_nll
 from helpers import IGNORE, IMPLS, as64, assert_close, make_problem, reference_atwu
+
+from atwu_kernels import atwu_head, linear_token_nll
 
 
 def _scorer(d, seed, dev, scale=0.5):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from atwu_kernels import atwu_head, linear_token_nll, weighted_linear_cross_entropy
 from helpers import (
     IGNORE,
     IMPLS,
@@ -18,6 +17,8 @@ from helpers import (
     make_problem,
     reference_atwu,
 )
+
+from atwu_kernels import atwu_head, linear_token_nll, weighted_linear_cross_entropy
 
 DEVICE = device()
 AMP = dict(device_type=DEVICE.type, dtype=torch.bfloat16)

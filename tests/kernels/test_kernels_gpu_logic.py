@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from atwu_kernels import atwu_head, linear_token_nll, weighted_linear_cross_entropy
 from helpers import (
     BF16_U,
     FP32_U,
@@ -18,6 +17,8 @@ from helpers import (
     reference_nll,
     triton_available,
 )
+
+from atwu_kernels import atwu_head, linear_token_nll, weighted_linear_cross_entropy
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="needs CUDA or TRITON_INTERPRET=1")
 

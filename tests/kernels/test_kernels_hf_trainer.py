@@ -10,9 +10,10 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from helpers import IGNORE, assert_within, bf16_gemm_bounds, bf16_round64  # noqa: E402
+
 import atwu_kernels.hf as hf  # noqa: E402
 from atwu_kernels.hf import WeightedLossTrainer, compute_weighted_causal_lm_loss  # noqa: E402
-from helpers import IGNORE, assert_within, bf16_gemm_bounds, bf16_round64  # noqa: E402
 
 VOCAB = 61
 

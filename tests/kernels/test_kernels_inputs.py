@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 import triton.runtime.interpreter
 import triton.runtime.jit
-from atwu_kernels import atwu_head, linear_token_nll, weighted_linear_cross_entropy
 from helpers import IGNORE, IMPLS, device, make_problem
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from atwu_kernels import atwu_head, linear_token_nll, weighted_linear_cross_entropy
 
 
 def _scorer(hidden):

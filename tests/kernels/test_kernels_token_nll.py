@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from atwu_kernels import linear_token_nll, weighted_linear_cross_entropy
 from helpers import (
     BF16_U,
     IGNORE,
@@ -17,6 +16,8 @@ from helpers import (
     make_problem,
     reference_nll,
 )
+
+from atwu_kernels import linear_token_nll, weighted_linear_cross_entropy
 
 
 def _grads(*tensors):

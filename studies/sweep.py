@@ -149,7 +149,7 @@ ABLATIONS = [
 
 MAIN = [("atwu_faithful", "atwu_faithful", {}), ("atwu_nll", "atwu_nll", {})]
 
-# The log-loss fit study (docs/scorer_study.md, "Log-loss fit"): atwu_logfit and one-change ablations of it.
+# The log-loss fit study (docs/studies/scorer_study.md, "Log-loss fit"): atwu_logfit and one-change ablations of it.
 # The ablations run plain `atwu` with atwu_logfit's settings spelled out (a variant fixes its fields).
 LOGFIT = {"atwu.lambda_reward": 0.0, "atwu.lambda_fit": 1.0, "atwu.lambda_entropy": 0.0, "atwu.lambda_budget": 0.0,
           "atwu.lambda_l2": 0.01, "atwu.update_every": 1, "atwu.score_position": "predictor",
@@ -168,7 +168,7 @@ LOGFIT_ABLATIONS = [
     ("logfit, pretrain 50, frozen", "atwu", {**LOGFIT, "atwu.schedule": "frozen"}),
 ]
 
-# TOFU's whole protocol at laptop scale (--model tiny, docs/tofu_study.md): the real TOFU data, a fresh tiny
+# TOFU's whole protocol at laptop scale (--model tiny, docs/studies/tofu_study.md): the real TOFU data, a fresh tiny
 # target/retain pair per seed (tiny.model.seed), no generation (model utility from the 6 probability and
 # truth-ratio values), every method, the ATWU variants, the frozen control and the target-word hard mask.
 # Learning rates: the weighted, saturating losses from the shared default up (1e-3 x 60 steps barely forgets here),

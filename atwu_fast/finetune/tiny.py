@@ -41,7 +41,7 @@ class ModelConfig:
 
 
 def tofu_model() -> ModelConfig:
-    """The tiny model of the laptop-scale TOFU protocol (chosen by measurement, README "TOFU at laptop scale")."""
+    """The tiny model of the laptop-scale TOFU protocol (chosen by measurement: docs/benchmarks.md, "TOFU at laptop scale")."""
     return ModelConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=384)
 
 

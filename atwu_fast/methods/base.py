@@ -226,7 +226,7 @@ class Method:
     token_weights: Optional[Callable[[Tensor, object], Tensor]] = None  # w(nll) for span alignment
     retain_loss: Callable[[TokenQuantities, object], Tensor] = None  # L_r (default: the token-mean retain NLL)
     pluggable: bool = False  # its loss reads q.forget_weights: it runs with any weight source (methods.weights)
-    doc: str = ""  # formula and source, one line (the README's method table)
+    doc: str = ""  # formula and source, one line (docs/method.md's method table)
     search: dict[str, Space] = field(default_factory=dict)  # tuning ranges of its own fields (section-relative)
 
     @property

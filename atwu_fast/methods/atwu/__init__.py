@@ -15,11 +15,11 @@ from .params import ATWUParams
 # The method as first specified: the scorer objective of reward, entropy, budget and L2 terms
 # (schedule options free).
 FAITHFUL = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "lambda_fit": 0.0}
-# The scorer-study variant (docs/scorer_study.md): non-saturating reward r = ℓ (β_r = 0) divided by
+# The scorer-study variant (docs/studies/scorer_study.md): non-saturating reward r = ℓ (β_r = 0) divided by
 # its batch mean, a scorer step every model step, the predictor position, 50 pre-training steps.
 NLL_TRACKING = {"lambda_reward": 1.0, "lambda_contrast": 0.0, "lambda_fit": 0.0, "reward_beta": 0.0,
                 "reward_norm": True, "update_every": 1, "score_position": "predictor", "pretrain_steps": 50}
-# The log-loss fit variant (docs/scorer_study.md, "Log-loss fit"): the scorer is fitted to the soft
+# The log-loss fit variant (docs/studies/scorer_study.md, "Log-loss fit"): the scorer is fitted to the soft
 # label σ(standardised log ℓ) by cross-entropy instead of the reward; no entropy or budget term,
 # a light L2 (0.01); schedule as atwu_nll.
 LOG_FIT = {"lambda_reward": 0.0, "lambda_contrast": 0.0, "lambda_fit": 1.0, "lambda_entropy": 0.0,

@@ -73,7 +73,7 @@ def underfit_note(kind: str, summary: dict, schedule: FinetuneConfig) -> str | N
 
 
 def tofu_schedule() -> FinetuneConfig:
-    """How the tiny TOFU models are fine-tuned (chosen by measurement, README "TOFU at laptop scale")."""
+    """How the tiny TOFU models are fine-tuned (chosen by measurement: docs/benchmarks.md, "TOFU at laptop scale")."""
     return FinetuneConfig(lr=3e-3, batch_size=32, max_steps=1500, min_steps=200, target_loss=0.05, warmup_steps=20,
                           group_by_length=8)
 
@@ -145,7 +145,7 @@ def _train_tiny(kind: str, tok_dir: str, encoded: list[dict], model: ModelConfig
 class TinyTofuSuite(TofuSuite):
     """``cfg`` sections used: benchmark, tiny, cache_dir (and train, efficiency)."""
 
-    default_new_tokens = 128  # measured: README "TOFU at laptop scale"
+    default_new_tokens = 128  # greedy generation length of the tiny protocol
     tuned_file = Path(__file__).with_name("tiny_tuned.json")
 
     def __init__(self, cfg):

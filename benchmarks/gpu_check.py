@@ -269,6 +269,33 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def backend_choices(device) -> dict:
+    """What this device gets: its compute capability, the Triton tile tables, and the backend each op
+    runs with ``impl=None`` after its first-use self-check (bf16 and fp32, with gradients)."""
+    import torch
+
+    from atwu_kernels import atwu_head, linear_token_nll, selfcheck, weighted_linear_cross_entropy
+    from atwu_kernels.triton_fused import GPU_TILES, GPU_TILES_FP32
+    from atwu_kernels.triton_impl import GPU_ROW_TILES
+
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.bfloat16, torch.float32):
+        h = torch.randn(64, 64, generator=gen).to(device, dtype).requires_grad_()
+        w = (torch.randn(256, 64, generator=gen) * 0.3).to(device, dtype).requires_grad_()
+        y = torch.randint(0, 256, (64,), generator=gen).to(device)
+        linear_token_nll(h, w, y).sum().backward()
+        weighted_linear_cross_entropy(h, w, y, torch.rand(64, generator=gen).to(device), softcap=30.0).backward()
+        sw, sb = torch.zeros(64, device=device), torch.zeros((), device=device)
+        atwu_head(h, w, y, torch.arange(64, device=device) % 2 == 0, sw, sb).loss.backward()
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return {
+        "capability": None if capability is None else f"sm_{capability[0]}{capability[1]}",
+        "tiles": {"fused": GPU_TILES, "fused_fp32": GPU_TILES_FP32, "rows": list(GPU_ROW_TILES)},
+        "backends": [{**{k: str(v) for k, v in config._asdict().items()}, "uses": impl}
+                     for config, impl in selfcheck.verdicts().items()],
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -323,6 +350,7 @@ def main(argv=None) -> int:
     if not (args.skip_tests or args.dry_run):
         result["tests"] = run_tests(device)
         print(f"tests: rc={result['tests']['returncode']} ({result['tests']['seconds']:.0f} s)", flush=True)
+    result["device"] = backend_choices(device)
     result["accuracy"] = accuracy(acc_shape, device, impls)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     result["timing"] = {label: timing(s, device, dtype, impls, peers, budget) for label, s in shapes.items()}

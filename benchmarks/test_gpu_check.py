@@ -16,6 +16,9 @@ def test_dry_run_writes_a_complete_report(tmp_path, capsys):
     assert code == (0 if result["ok"] else 1)
     assert result["command"] == f"gpu_check --dry-run --out {tmp_path}" and result["dry_run"]
     assert {"date", "gpu", "torch", "triton", "python", "peer_versions"} <= result.keys()
+    # which configuration and backends the device got: on CPU the torch path, so nothing is self-checked
+    device = result["device"]
+    assert device["capability"] is None and device["backends"] == [] and device["tiles"]["fused"]["BM"] > 0
     checks = {c["check"]: c for c in result["checks"]}
     # correctness is real even on CPU: every backend within its bf16 bounds, every peak within the model
     accuracy = [c for name, c in checks.items() if name.startswith("bf16 ")]

@@ -518,11 +518,13 @@ def delta_cell(d, digits: int = 3) -> list[str]:
     """``paired_deltas``'s answer as table cells: mean ± std, the 95 % interval."""
     if d is None:
         return ["-", "-"]
-    mean, std, half, _ = d
+    mean, std, half = d[:3]
     return [f"{mean:+.{digits}f} ± {std:.{digits}f}", f"[{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]"]
 
 
-PAIRED_COLUMNS = METRIC_COLUMNS[:2]  # log10 FQ and MU: the unlearning outcome
+# the unlearning outcome, with the direction in which a difference is better: log10 FQ and MU up, the
+# worst-case leak J_W down
+PAIRED_COLUMNS = [(*METRIC_COLUMNS[0], +1), (*METRIC_COLUMNS[1], +1), ("J_W", lambda m: m.get("leak_worst"), -1)]
 
 
 def paired_tables(grid: Grid, runs: dict[str, dict], baseline: str | None = None) -> str:
@@ -532,12 +534,13 @@ def paired_tables(grid: Grid, runs: dict[str, dict], baseline: str | None = None
     baseline = baseline or grid.baseline
     if baseline is None:
         return ""
-    lines = [f"## Paired differences vs `{baseline}` (same seed; higher is better)", "",
-             "Δ = method − baseline per seed; CI = mean ± t(0.975, n−1)·std/√n; '≥ 0' counts the seeds where "
-             "the method is at least as good.", ""]
+    lines = [f"## Paired differences vs `{baseline}` (same seed)", "",
+             "Δ = method − baseline per seed; CI = mean ± t(0.975, n−1)·std/√n; 'as good' counts the seeds where "
+             "the method is at least as good (Δ ≥ 0 for log10 FQ and MU, Δ ≤ 0 for J_W, where lower is better).",
+             ""]
     for variant in grid.variants:
         lines += [f"### Variant `{variant}`", "", "| lr | method | n | " +
-                  " | ".join(f"Δ {c} | CI {c} | ≥ 0" for c, _ in PAIRED_COLUMNS) + " |",
+                  " | ".join(f"Δ {c} | CI {c} | as good" for c, _, _ in PAIRED_COLUMNS) + " |",
                   "|---|---|---|" + "---|---|---|" * len(PAIRED_COLUMNS)]
         for lr in grid.all_lrs:
             base_rows = [runs.get(run_key(variant, s, lr, baseline)) for s in grid.seeds]
@@ -547,9 +550,11 @@ def paired_tables(grid: Grid, runs: dict[str, dict], baseline: str | None = None
                 rows = [runs.get(run_key(variant, s, lr, label)) for s in grid.seeds]
                 pairs = [(b["metrics"], r["metrics"]) for b, r in zip(base_rows, rows) if b and r]
                 cells = []
-                for _, f in PAIRED_COLUMNS:
-                    d = paired_deltas([f(b) for b, _ in pairs], [f(r) for _, r in pairs])
-                    cells += delta_cell(d) + ["-" if d is None else f"{d[3]}/{len(pairs)}"]
+                for _, f, better in PAIRED_COLUMNS:
+                    base, other = [f(b) for b, _ in pairs], [f(r) for _, r in pairs]
+                    d = paired_deltas(base, other)
+                    good = sum(better * (o - b) >= 0 for b, o in zip(base, other) if b is not None and o is not None)
+                    cells += delta_cell(d) + ["-" if d is None else f"{good}/{len(pairs)}"]
                 lines.append(f"| {lr_text(lr)} | {label} | {len(pairs)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -162,7 +162,7 @@ def test_logfit_ablation_base_is_the_atwu_logfit_variant():
 
 
 def test_paired_tables_difference_each_seed_against_the_baseline():
-    """Δ is per seed (method − baseline on the same seed), its CI a t-interval, '≥ 0' a count."""
+    """Δ is per seed (method − baseline on the same seed), its CI a t-interval, "as good" a count."""
     grid = sweep.Grid([("base", "atwu", {}), ("new", "atwu", {})], lrs=[1e-2], seeds=[0, 1, 2], baseline="base")
     runs = {}
     # baseline MU differs a lot between seeds; the method is exactly 0.01 / 0.02 / 0.03 above it
@@ -180,6 +180,18 @@ def test_paired_tables_difference_each_seed_against_the_baseline():
     assert "| +0.020 ± 0.010 | [-0.005, +0.045] | 3/3 |" in row
     assert sweep.paired_deltas([0.5], [0.6]) is None
     assert sweep.paired_tables(sweep.Grid([("a", "atwu", {})], lrs=[1e-3], seeds=[0]), {}) == ""
+
+
+def test_paired_leak_counts_the_seeds_where_the_method_leaks_no_more():
+    """J_W is better lower: its 'as good' column counts Δ ≤ 0, while log10 FQ and MU count Δ ≥ 0."""
+    grid = sweep.Grid([("base", "atwu", {}), ("new", "atwu", {})], lrs=[1e-2], seeds=[0, 1, 2], baseline="base")
+    runs = {}
+    for seed, (jw_b, jw_n) in enumerate(((0.10, 0.05), (0.20, 0.20), (0.10, 0.16))):
+        for label, jw in (("base", jw_b), ("new", jw_n)):
+            runs[sweep.run_key("default", seed, 1e-2, label)] = {"metrics": {"leak_worst": jw, "model_utility": 0.5,
+                                                                            "forget_quality": 1e-2}}
+    row = next(line for line in sweep.paired_tables(grid, runs).splitlines() if line.startswith("| 0.01 | new |"))
+    assert row.endswith("| +0.003 ± 0.055 | [-0.133, +0.140] | 2/3 |")  # lower on seed 0, equal on 1, higher on 2
 
 
 def test_shards_partition_the_seed_pairs():

@@ -7,14 +7,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import check, option
+from .tofu.tiny import TINY as TINY_MODEL
+
+TOFU_TINY = "tofu_tiny"  # --benchmark tofu_tiny = --benchmark tofu --model tiny
 
 
 @dataclass
 class BenchmarkConfig:
     """Real benchmarks (TOFU, RWKU, JSONL) on a real model; ``synthetic`` is the embedded one."""
 
-    name: str = option("benchmark: synthetic (embedded), tofu, rwku, jsonl, or one registered with "
-                       "atwu_fast.suites.register_suite", "synthetic")
+    name: str = option("benchmark: synthetic (embedded), tofu, tofu_tiny (TOFU's whole protocol with tiny "
+                       "models fine-tuned here; the same as tofu with --model tiny), rwku, jsonl, or one "
+                       "registered with atwu_fast.suites.register_suite", "synthetic")
     split: str = option("TOFU split: the forget split to unlearn (forget01, forget05, forget10); python -m "
                         "atwu_fast.finetune: the config to fine-tune on (full, retain90, ...)", "forget10")
     model: str = option("model directory or hub id (real benchmarks); tiny: TOFU's whole protocol with tiny models "
@@ -60,10 +64,16 @@ class BenchmarkConfig:
                                "the results, its logs under reference/target model/)", False)
     trust_remote_code: bool = option("run the model repository's own Python code (only for models you trust)", False)
 
+    def __post_init__(self) -> None:
+        # tofu_tiny names the laptop-scale TOFU protocol; it is run (and recorded) as tofu with model tiny
+        if self.name == TOFU_TINY and self.model in ("", TINY_MODEL):
+            self.name, self.model = "tofu", TINY_MODEL
+
     def validate(self) -> None:
         from . import SUITES
 
-        check(self.name in SUITES, f"unknown benchmark '{self.name}'; choose from {', '.join(SUITES)}")
+        check(self.name != TOFU_TINY, f"--benchmark {TOFU_TINY} fine-tunes its own tiny models: leave --model unset")
+        check(self.name in SUITES, f"unknown benchmark '{self.name}'; choose from {', '.join([*SUITES, TOFU_TINY])}")
         check(self.targets >= 1, "benchmark.targets must be >= 1")
         check(self.max_length >= 8, "benchmark.max_length must be >= 8")
         check(self.max_new_tokens >= 0 and self.eval_batch_size >= 0, "benchmark eval sizes must be >= 0")

@@ -11,6 +11,7 @@ from fixtures.tiny import save_tiny_model
 
 from atwu_fast.eval.logs import entry
 from atwu_fast.eval.scoring import row_tokens
+from atwu_fast.model.distributed import SINGLE
 from atwu_fast.suites import SUITES, BenchmarkData, register_suite
 from atwu_fast.suites.real import TRAIN_COLUMNS, RealSuite
 from atwu_fast.unlearn.__main__ import main as unlearn_main
@@ -29,8 +30,8 @@ class ToySuite(RealSuite):
     def read(self, with_eval: bool = True) -> BenchmarkData:
         return BenchmarkData("toy", FORGET, RETAIN, {"forget": FORGET})
 
-    def evaluate_logs(self, model, retain) -> dict:
-        toks = row_tokens(model, [self.fmt.row(r) for r in FORGET], self.tokenizer.pad_token_id, 2)
+    def evaluate_logs(self, model, retain, ctx=SINGLE) -> dict:
+        toks = row_tokens(model, [self.fmt.row(r) for r in FORGET], self.tokenizer.pad_token_id, 2, ctx=ctx)
         return {"forget_nll": entry(float(np.mean(toks.mean_nll())))}
 
 
@@ -60,4 +61,4 @@ def test_an_unregistered_benchmark_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         unlearn_main(["--benchmark", "toy"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == "error: unknown benchmark 'toy'; choose from synthetic, tofu, rwku, jsonl"
+    assert capsys.readouterr().err.strip() == "error: unknown benchmark 'toy'; choose from synthetic, tofu, rwku, jsonl, tofu_tiny"

@@ -49,7 +49,7 @@ from ..base import BenchmarkData
 from ..real import encode_training
 from .suite import CONFIGS, HUB_ID, TofuSuite, load_qa_config, load_tofu_sets
 
-TINY = "tiny"  # --model tiny
+TINY = "tiny"  # --model tiny (or --benchmark tofu_tiny)
 CACHE_VERSION = 1
 AUTHOR_ROWS = 20  # TOFU: every fictitious author has 20 consecutive QA rows in full / retainNN / forgetNN
 GENERAL = ("real_authors", "world_facts")  # the general-knowledge sets both tiny models learn

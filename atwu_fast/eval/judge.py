@@ -1,7 +1,8 @@
 """Judges of the leak metric: does an answer state a row's target words?
 
-A judge maps items ``(question, target words, answer)`` to booleans, one call per model evaluated (so a
-model judge batches every probe of every row):
+A judge maps items ``(question, target words, answer)`` to booleans, one call ``judge(items, ctx)`` per
+model evaluated (so a model judge batches every probe of every row; ``ctx``: the evaluation's
+:class:`~atwu_fast.model.distributed.DistContext`, over whose ranks a model judge shards its forwards):
 
 * :func:`.leak.substring_judge` (the default): :func:`.leak.contains_target`, exact and reproducible, but
   blind to a fact stated in other words ("the capital of Kazakhstan" for "Astana").
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from ..data.collate import collate
-from ..model.distributed import map_batches
+from ..model.distributed import SINGLE, DistContext, map_batches
 from ..model.tokens import model_device
 from .leak import JudgeItem as Item
 
@@ -72,8 +73,9 @@ class ModelJudge:
         return bos + tok.encode(text + "\nReply:", add_special_tokens=False)
 
     @torch.no_grad()
-    def log_odds(self, items: list[Item]) -> list[float]:
-        """Per item, ``max Yes logit − max No logit`` at the first answer position (> 0: it leaks)."""
+    def log_odds(self, items: list[Item], ctx: DistContext = SINGLE) -> list[float]:
+        """Per item, ``max Yes logit − max No logit`` at the first answer position (> 0: it leaks);
+        sharded over the ranks of a distributed ``ctx`` (every rank gets every item's value)."""
         def batch(m, part: list[list[int]]) -> list[float]:
             b = collate([{"input_ids": p} for p in part], pad_id=self.tokenizer.pad_token_id, side="left")
             mask = b["attention_mask"]
@@ -84,10 +86,10 @@ class ModelJudge:
             odds = logits[:, self.yes].amax(-1) - logits[:, self.no].amax(-1)
             return odds.cpu().tolist()
 
-        return map_batches(self.model, [self.prompt_ids(i) for i in items], self.batch_size, batch)
+        return map_batches(self.model, [self.prompt_ids(i) for i in items], self.batch_size, batch, ctx=ctx)
 
-    def __call__(self, items: list[Item]) -> list[bool]:
-        return [o > 0 for o in self.log_odds(items)] if items else []
+    def __call__(self, items: list[Item], ctx: DistContext = SINGLE) -> list[bool]:
+        return [o > 0 for o in self.log_odds(items, ctx)] if items else []
 
 
 @functools.lru_cache(maxsize=2)

@@ -39,12 +39,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..model.distributed import SINGLE, DistContext
+
 ICR_EXAMPLES = 3  # in-context retain QA pairs per ICR probe
 PROBES = ("original", "paraphrase", "original_icr", "paraphrase_icr")
 Context = tuple[tuple[str, str], ...]  # (question, answer) pairs placed before the question
 Probe = tuple[str, Context]  # (question, context)
 JudgeItem = tuple[str, Sequence[str], str]  # (question, target words, answer)
-Judge = Callable[[list[JudgeItem]], list[bool]]  # one verdict per item: the answer states its targets
+# one verdict per item (the answer states its targets); a model judge shards the items over the context's ranks
+Judge = Callable[[list[JudgeItem], DistContext], list[bool]]
 
 _SPACE = re.compile(r"\s+")
 
@@ -147,15 +150,16 @@ def leak_metrics(leaks: Sequence[dict[str, bool]], kept: Sequence[bool] | None =
 def evaluate_leak(generate: Callable[[list[Probe]], list[str]], forget: Sequence[dict], retain: Sequence[dict],
                   original: Sequence[str] | None = None, retain_answers: Sequence[str] | None = None,
                   retain_rows: Sequence[dict] | None = None, k: int = ICR_EXAMPLES, seed: int = 0,
-                  judge: Judge | None = None) -> tuple[dict[str, float], list[dict]]:
+                  judge: Judge | None = None, ctx: DistContext = SINGLE) -> tuple[dict[str, float], list[dict]]:
     """The leak metrics of one model. ``generate(probes)`` answers (question, context) probes greedily
     (the suite's prompt format and generation); ``forget`` are the judged forget rows, ``retain`` the
     pool of in-context examples. ``original``: answers already generated to the forget rows' questions
     (reused, not generated again); ``retain_rows`` / ``retain_answers``: the retain rows and their
     answers for J_avg (omitted: no J_avg). ``judge`` decides, for all (question, target words, answer)
     items at once, whether each answer states its targets (default: :func:`contains_target`; a model
-    judge: :mod:`.judge`). Returns the metrics and one record per judged forget row (its probes'
-    generations and judgements)."""
+    judge: :mod:`.judge`); it is called as ``judge(items, ctx)``, ``ctx`` being the evaluation's
+    distributed context (a model judge shards its forwards over its ranks). Returns the metrics and one
+    record per judged forget row (its probes' generations and judgements)."""
     judged = [(i, r, row_targets(r)) for i, r in enumerate(forget)]
     judged = [(i, r, t) for i, r, t in judged if t]
     probes = [(i, name, probe) for i, r, _ in judged for name, probe in row_probes(i, r, retain, k, seed).items()
@@ -169,7 +173,7 @@ def evaluate_leak(generate: Callable[[list[Probe]], list[str]], forget: Sequence
     kept_items = [(r["question"], t, a) for r, a in zip(retain_rows, retain_answers, strict=True)
                   if (t := row_targets(r))] if with_retain else []
     items = [item for _, item in keyed] + kept_items
-    verdicts = (judge or substring_judge)(items) if items else []
+    verdicts = (judge or substring_judge)(items, ctx) if items else []
     if len(verdicts) != len(items):
         raise ValueError(f"the leak judge returned {len(verdicts)} verdicts for {len(items)} answers")
     leaked = dict(zip([key for key, _ in keyed], verdicts))
@@ -185,7 +189,7 @@ def evaluate_leak(generate: Callable[[list[Probe]], list[str]], forget: Sequence
     return leak_metrics(leaks, kept), records
 
 
-def substring_judge(items: list[JudgeItem]) -> list[bool]:
+def substring_judge(items: list[JudgeItem], ctx: DistContext = SINGLE) -> list[bool]:
     """The default judge: each (question, target words, answer) item's answer contains one of its target
-    words (:func:`contains_target`)."""
+    words (:func:`contains_target`; ``ctx`` unused: matching is cheap and the same on every rank)."""
     return [contains_target(answer, targets) for _, targets, answer in items]

@@ -17,6 +17,7 @@ import torch
 
 from atwu_kernels.families import model_logit_transform
 
+from ..model.distributed import SINGLE, DistContext
 from ..model.generation import greedy_generate
 from ..model.tokens import lm_head, map_answer_tokens, token_nll
 from .metrics import MIN_K_PP_VAR_FLOOR
@@ -78,8 +79,9 @@ def chunk_logits(model, hidden: torch.Tensor, chunk_size: int):
 
 
 def row_tokens(model, rows: list[dict], pad_id: int, batch_size: int, argmax: bool = False,
-               moments: bool = False, chunk_size: int = 1024) -> RowTokens:
-    """Teacher-forced answer-token NLL (and optionally argmax ids, μ_t, σ_t) of encoded rows."""
+               moments: bool = False, chunk_size: int = 1024, ctx: DistContext = SINGLE) -> RowTokens:
+    """Teacher-forced answer-token NLL (and optionally argmax ids, μ_t, σ_t) of encoded rows (sharded
+    over the ranks of a distributed ``ctx``, every rank getting every row)."""
     def batch_rows(m, tokens, kinds, part: list[dict]) -> list[dict]:
         n = len(part)
         cols = {"nll": _split(token_nll(m, tokens, chunk_size), tokens.seq, n),
@@ -102,15 +104,16 @@ def row_tokens(model, rows: list[dict], pad_id: int, batch_size: int, argmax: bo
         return [{k: v[i] for k, v in cols.items()} for i in range(n)]
 
     plain = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
-    per_row = map_answer_tokens(model, plain, pad_id, batch_size, batch_rows)
+    per_row = map_answer_tokens(model, plain, pad_id, batch_size, batch_rows, ctx=ctx)
     column = lambda key: [r[key] for r in per_row]  # noqa: E731
     return RowTokens(column("nll"), column("labels"), column("argmax") if argmax else None,
                      column("mu") if moments else None, column("sigma") if moments else None)
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-             stop_ids: list[int], stop_strings: tuple[str, ...] = ()) -> list[str]:
-    """Greedy continuations of left-padded prompts, cut at the first stop id / stop string, stripped."""
+             stop_ids: list[int], stop_strings: tuple[str, ...] = (), ctx: DistContext = SINGLE) -> list[str]:
+    """Greedy continuations of left-padded prompts, cut at the first stop id / stop string, stripped
+    (sharded over the ranks of a distributed ``ctx``)."""
     def decode(ids: list[int]) -> str:
         text = tokenizer.decode(ids, skip_special_tokens=True)
         for s in stop_strings:
@@ -118,4 +121,4 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
                 text = text.split(s)[0]
         return text.strip()
 
-    return greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, decode)
+    return greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, decode, ctx=ctx)

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ..data.labels import POOLED, UNIQUE
-from ..model.distributed import join_rows, split_rows
+from ..model.distributed import SINGLE, DistContext, join_rows, split_rows
 from ..model.tokens import AnswerTokens, map_answer_tokens, token_nll
 from . import metrics
 
@@ -28,8 +28,9 @@ class ForgetTokenView:
 
 def forget_token_view(model, encoded: list[dict], pad_id: int, batch_size: int,
                       weigh: Optional[Callable[[AnswerTokens, list[dict]], Optional[torch.Tensor]]] = None,
-                      starts=None) -> ForgetTokenView:
-    """One batched no-grad pass over the encoded forget rows (no hidden state kept beyond a batch).
+                      starts=None, ctx: DistContext = SINGLE) -> ForgetTokenView:
+    """One batched no-grad pass over the encoded forget rows (no hidden state kept beyond a batch;
+    sharded over the ranks of a distributed ``ctx``, every rank getting the whole view).
     ``weigh(tokens, rows)`` (``tokens.nll``, ``.span_kind``, ``.hidden(position)`` set; ``rows`` the
     batch's encoded rows) gives the method's weights."""
     def batch_view(m, tokens: AnswerTokens, kinds, part: list[dict]) -> list[tuple]:
@@ -38,7 +39,7 @@ def forget_token_view(model, encoded: list[dict], pad_id: int, batch_size: int,
         return split_rows(tokens.seq, len(part), tokens.nll.float(), kinds,
                           None if weights is None else weights.float())
 
-    rows = map_answer_tokens(model, encoded, pad_id, batch_size, batch_view, starts)
+    rows = map_answer_tokens(model, encoded, pad_id, batch_size, batch_view, starts, ctx=ctx)
     if not rows:
         empty = torch.zeros(0)
         return ForgetTokenView(empty.long(), empty, empty.long())

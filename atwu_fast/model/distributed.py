@@ -20,8 +20,7 @@ import math
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +59,14 @@ class DistContext:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def all_gather(self, value: Any) -> list:
+        """Every rank's ``value`` (any picklable object), in rank order; ``[value]`` for one process."""
+        if not self.enabled:
+            return [value]
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, value)
+        return gathered
 
     def decide(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (resume decisions read from files: ranks that see the
@@ -263,35 +270,20 @@ def load_full_optimizer_state(model: nn.Module, optimizer, extra: dict[str, nn.M
 
 
 # --------------------------------------------------------------------------- collective evaluation
-_EVAL_CONTEXT: list[DistContext] = []
-
-
-@contextmanager
-def collective_eval(ctx: DistContext) -> Iterator[None]:
-    """Within this block, :func:`map_batches` shards rows over ``ctx``'s ranks and gathers the
-    results; every rank must run the same evaluation code."""
-    _EVAL_CONTEXT.append(ctx)
-    try:
-        yield
-    finally:
-        _EVAL_CONTEXT.pop()
-
-
-def eval_context() -> DistContext:
-    return _EVAL_CONTEXT[-1] if _EVAL_CONTEXT else SINGLE
-
-
 def map_batches(model: nn.Module, items: list, batch_size: int, fn: Callable[[nn.Module, list], list],
-                starts=None) -> list:
+                starts=None, ctx: DistContext = SINGLE) -> list:
     """``fn(model, part)`` over ``items`` in batches of ``batch_size`` (one result per item, on the
-    CPU), run through :func:`run_on`. Inside :func:`collective_eval` each rank maps its contiguous
-    shard and the results come back from every rank in the original order; a sharded model's ranks
-    with fewer batches run padding batches, so every rank makes the same forward calls.
-    ``starts(n, batch_size)`` may supply the batch offsets (a progress bar)."""
-    ctx = eval_context()
+    CPU), run through :func:`run_on`. With a distributed ``ctx`` (the run's, passed down by the driver
+    or ``python -m atwu_fast.eval``; every rank must then make the same call) each rank maps its
+    contiguous shard and the results come back from every rank in the original order; a sharded
+    model's ranks with fewer batches run padding batches, so every rank makes the same forward calls.
+    With the default :data:`SINGLE` this process maps every item (an FSDP-sharded model in a
+    multi-rank group then raises: its forwards are collectives). ``starts(n, batch_size)`` may supply
+    the batch offsets (a progress bar)."""
     sharded = sharded_root(model) is not None
     if sharded and not ctx.enabled and dist.is_initialized() and dist.get_world_size() > 1:
-        raise RuntimeError("an FSDP-sharded model must be evaluated inside collective_eval on every rank")
+        raise RuntimeError("an FSDP-sharded model must be evaluated collectively: pass the run's DistContext "
+                           "(ctx=) on every rank")
     mine = [items[i] for i in ctx.shard(list(range(len(items))))]
     results: list = []
     for lo in (starts(len(mine), batch_size) if starts else range(0, len(mine), batch_size)):
@@ -304,9 +296,7 @@ def map_batches(model: nn.Module, items: list, batch_size: int, fn: Callable[[nn
         sharded_root(model).reshard()  # a no-grad forward leaves the root unit gathered
     if not ctx.enabled:
         return results
-    gathered: list = [None] * ctx.world
-    dist.all_gather_object(gathered, results)
-    return [r for part in gathered for r in part]
+    return [r for part in ctx.all_gather(results) for r in part]
 
 
 def split_rows(seq: torch.Tensor, n: int, *columns: torch.Tensor | None) -> list[tuple]:
@@ -325,6 +315,7 @@ def join_rows(rows: list[tuple]) -> tuple[list[torch.Tensor | None], torch.Tenso
     return columns, seq
 
 
-def generation_kwargs(model: nn.Module) -> dict:
-    """Extra ``generate`` arguments: a sharded model must keep all ranks stepping together."""
-    return {"synced_gpus": True} if sharded_root(model) is not None and eval_context().enabled else {}
+def generation_kwargs(model: nn.Module, ctx: DistContext = SINGLE) -> dict:
+    """Extra ``generate`` arguments: a sharded model evaluated over ``ctx``'s ranks must keep them
+    stepping together."""
+    return {"synced_gpus": True} if sharded_root(model) is not None and ctx.enabled else {}

@@ -7,15 +7,16 @@ from collections.abc import Callable
 import torch
 
 from ..data.collate import collate
-from .distributed import generation_kwargs, map_batches
+from .distributed import SINGLE, DistContext, generation_kwargs, map_batches
 from .tokens import model_device
 
 
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                    stop_ids: list[int], decode: Callable[[list[int]], str], starts=None) -> list[str]:
+                    stop_ids: list[int], decode: Callable[[list[int]], str], starts=None,
+                    ctx: DistContext = SINGLE) -> list[str]:
     """Greedy continuations of prompt ids, cut at the first of ``stop_ids`` and turned into text by
-    ``decode``; batched (sharded over ranks inside a collective evaluation)."""
+    ``decode``; batched (sharded over the ranks of a distributed ``ctx``, results in prompt order)."""
     stops = set(stop_ids)
 
     def batch_texts(m, part: list[list[int]]) -> list[str]:
@@ -24,7 +25,7 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
         out = m.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=list(stop_ids) or None,
-                         **generation_kwargs(model))
+                         **generation_kwargs(model, ctx))
         texts = []
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
             ids = []
@@ -35,4 +36,4 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             texts.append(decode(ids))
         return texts
 
-    return map_batches(model, prompts, batch_size, batch_texts, starts)
+    return map_batches(model, prompts, batch_size, batch_texts, starts, ctx=ctx)

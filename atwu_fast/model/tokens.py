@@ -19,7 +19,7 @@ from atwu_kernels.families import model_logit_transform
 
 from ..data.collate import collate, pack_rows
 from ..data.labels import IGNORE_INDEX
-from .distributed import map_batches
+from .distributed import SINGLE, DistContext, map_batches
 
 
 def decoder(model: PreTrainedModel) -> torch.nn.Module:
@@ -115,14 +115,15 @@ def token_nll(model: PreTrainedModel, tokens: AnswerTokens, chunk_size: int = 10
 
 def map_answer_tokens(model: PreTrainedModel, rows: list[dict], pad_id: int, batch_size: int,
                       fn: Callable[[PreTrainedModel, AnswerTokens, Tensor | None, list[dict]], list],
-                      starts=None) -> list:
+                      starts=None, ctx: DistContext = SINGLE) -> list:
     """The batched no-grad loop over encoded rows: per batch, one forward and its answer tokens, then
-    ``fn(model, tokens, span_kinds, part)`` returns one result per row of ``part``. Sharded over ranks
-    inside :func:`~atwu_fast.model.distributed.collective_eval` (results in row order on every rank);
-    ``starts`` may supply the batch offsets (a progress bar)."""
+    ``fn(model, tokens, span_kinds, part)`` returns one result per row of ``part``. Sharded over the
+    ranks of a distributed ``ctx`` (results in row order on every rank;
+    :func:`~atwu_fast.model.distributed.map_batches`); ``starts`` may supply the batch offsets (a
+    progress bar)."""
     @torch.no_grad()
     def batch_results(m, part: list[dict]) -> list:
         tokens, kinds = forward_answer_tokens(m, make_batch(part, pad_id, model_device(m)))
         return fn(m, tokens, kinds, part)
 
-    return map_batches(model, rows, batch_size, batch_results, starts)
+    return map_batches(model, rows, batch_size, batch_results, starts, ctx=ctx)

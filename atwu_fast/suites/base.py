@@ -6,6 +6,12 @@ embedded benchmark's retain and target models), how to evaluate a model (its met
 the harness layout, sample generations), which forget-quality reference it uses (a retain model's
 evaluation, or published retain logs), and which columns its results table has. Everything else —
 methods, training, token scores, outputs, the report — is the driver's and the same for every suite.
+
+Distributed evaluation is explicit: the driver (and ``python -m atwu_fast.eval``) passes its
+:class:`~atwu_fast.model.distributed.DistContext` to :meth:`Suite.evaluate` as ``ctx``, and the suite
+hands it to every model-side evaluation call (``row_tokens``, ``generate``, ``map_answer_tokens``,
+``greedy_generate``, a model judge), which then shard their rows over the ranks and gather the results
+in row order on every rank. With the default ``SINGLE`` this process evaluates every row.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Optional
 
 from ..data.labels import TARGET_KIND_NAMES
 from ..eval.logs import RetainReference
+from ..model.distributed import SINGLE, DistContext
 
 Column = tuple[str, str, str]  # (metric key, title, format)
 
@@ -159,7 +166,10 @@ class Suite:
         return json.loads(self.tuned_file.read_text()).get("methods", {})
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, model, retain: Optional[RetainReference]) -> Evaluation:
+    def evaluate(self, model, retain: Optional[RetainReference], ctx: DistContext = SINGLE) -> Evaluation:
+        """All metrics of ``model`` (``retain``: the forget-quality reference). Every rank of ``ctx``
+        calls it alike; the suite passes ``ctx`` to its evaluation calls, which shard the rows over
+        the ranks (module docstring). Every rank returns the whole evaluation."""
         raise NotImplementedError
 
     def write_logs(self, directory: Path, evaluation: Evaluation) -> None:

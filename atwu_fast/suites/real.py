@@ -13,6 +13,7 @@ from ..data.formatting import Formatter
 from ..data.labels import IGNORE_INDEX
 from ..data.readers import DataError
 from ..eval.logs import RetainReference, summarize
+from ..model.distributed import SINGLE, DistContext
 from ..model.loading import load_pretrained, load_tokenizer, uses_cuda
 from .base import BenchmarkData, Column, Evaluation, Suite
 from .tofu.original_logs import limit_rows, load_reference
@@ -150,9 +151,11 @@ class RealSuite(Suite):
         return Path("runs") / f"{self.name}-{label}-{stamp}"
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate_logs(self, model, retain: Optional[RetainReference]) -> dict:
+    def evaluate_logs(self, model, retain: Optional[RetainReference], ctx: DistContext = SINGLE) -> dict:
+        """The evaluation logs (``<log_name>_EVAL.json`` layout), sharded over ``ctx``'s ranks
+        (:meth:`Suite.evaluate`)."""
         raise NotImplementedError
 
-    def evaluate(self, model, retain: Optional[RetainReference]) -> Evaluation:
-        logs = self.evaluate_logs(model, retain)
+    def evaluate(self, model, retain: Optional[RetainReference], ctx: DistContext = SINGLE) -> Evaluation:
+        logs = self.evaluate_logs(model, retain, ctx)
         return Evaluation(summarize(logs), forget_samples(logs), logs, RetainReference.from_logs(logs))

@@ -1,7 +1,10 @@
 """The one driver of every unlearning run: benchmark -> models -> per method: train -> evaluate -> write
 -> report. The benchmark is a :class:`~atwu_fast.suites.base.Suite` (the embedded one, TOFU, RWKU or
 JSONL); everything here is the same for all of them, on one process or on every rank of ``torchrun`` /
-``accelerate launch`` (data-parallel training, collective evaluation, rank 0 writes).
+``accelerate launch`` (data-parallel training, collective evaluation, rank 0 writes). The run's
+:class:`~atwu_fast.model.distributed.DistContext` (``Run.ctx``) is passed to every evaluation call
+(``suite.evaluate``, ``forget_token_view``): with several ranks each evaluates its share of the rows
+and every rank gets all results.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from ..methods import METHODS, get_method
 from ..model.distributed import (
     SINGLE,
     DistContext,
-    collective_eval,
     full_state_dict,
     init_from_env,
     parallel_engine,
@@ -119,7 +121,7 @@ def rankers(run: Run, model) -> dict:
     """Span alignment of the training-free token rankers on ``model`` (every method whose weights are a
     function of the NLL, and 1 − p)."""
     suite = run.suite
-    view = forget_token_view(model, suite.forget, suite.tokenizer.pad_token_id, suite.eval_batch_size)
+    view = forget_token_view(model, suite.forget, suite.tokenizer.pad_token_id, suite.eval_batch_size, ctx=run.ctx)
     out = {}
     for name, method in METHODS.items():
         if method.token_weights is not None:
@@ -137,7 +139,7 @@ def reference_rows(run: Run) -> dict:
     ratios = None
     for name, load in suite.reference_models().items():
         model = load()
-        evaluation = suite.evaluate(model, retain)
+        evaluation = suite.evaluate(model, retain, ctx=run.ctx)
         if name == RETAIN_MODEL:
             evaluation.metrics["forget_quality"] = 1.0
             retain = evaluation.retain_reference
@@ -191,7 +193,7 @@ def run_method(name: str, run: Run) -> dict:
                           reference=reference, log=run.log, optim=cfg.efficiency.optim, dist=ctx,
                           parallel=cfg.efficiency.parallel, packing=exact_packing(model, cfg.efficiency.packing),
                           forget_source=suite.forget_rows, encode=suite.encode)
-    base = forget_token_view(model, suite.forget, pad_id, batch_size)
+    base = forget_token_view(model, suite.forget, pad_id, batch_size, ctx=ctx)
     state = MethodState()
     keep = suite.keep_best_by
     best_file = method_dir / "best" / "best.json"
@@ -217,7 +219,7 @@ def run_method(name: str, run: Run) -> dict:
                               refresh=False)
 
     def evaluate(step: int) -> None:
-        evaluation = suite.evaluate(model, run.retain)
+        evaluation = suite.evaluate(model, run.retain, ctx=ctx)
         state.evaluation, state.eval_step = evaluation, step
         epoch = suite.epoch(step)
         state.evals.append({"step": step, **({"epoch": epoch} if epoch is not None else {}), **evaluation.metrics})
@@ -236,7 +238,7 @@ def run_method(name: str, run: Run) -> dict:
     def on_eval(step: int) -> Optional[dict]:
         """A checkpoint: span alignment of the method's weights (returned, kept by the trainer), and the
         full evaluation where the suite evaluates at checkpoints and after the last step."""
-        state.view = forget_token_view(model, suite.forget, pad_id, batch_size, unlearner.token_weights)
+        state.view = forget_token_view(model, suite.forget, pad_id, batch_size, unlearner.token_weights, ctx=ctx)
         state.view_step = step
         alignment = None
         if suite.has_spans:
@@ -331,35 +333,34 @@ def run(cfg, explicit: frozenset[str] = frozenset()) -> int:
     this = Run(cfg, suite, out_dir, ctx)
     prepare(suite, ctx, this.log)
     results: dict[str, dict] = {}
-    with collective_eval(ctx):  # every rank evaluates its share of the rows; rank 0 writes
-        if cfg.resume:
-            reference = json.loads((out_dir / REFERENCE_FILE).read_text())
-            restore_reference(this, reference)
-        else:
-            reference = reference_rows(this)
+    if cfg.resume:
+        reference = json.loads((out_dir / REFERENCE_FILE).read_text())
+        restore_reference(this, reference)
+    else:
+        reference = reference_rows(this)
+        if ctx.is_main:
+            atomic_write_json(out_dir / REFERENCE_FILE, reference)
+    for name in methods:
+        if name in finished:
+            results[name] = finished[name]
+            this.log(f"{name}: already finished, kept")
+            continue
+        resolved = resolve(cfg, suite, name, explicit)
+        method_cfg = resolved.cfg
+        this.log(f"unlearning with {name} ({suite.train_config(method_cfg.train).steps} steps, "
+                 f"lr {method_cfg.train.lr:g}{', tuned' if resolved.tuned else ''}) ...")
+        try:
+            results[name] = run_method(name, dataclasses.replace(this, cfg=method_cfg, resolved=resolved))
+        except DivergenceError as exc:
             if ctx.is_main:
-                atomic_write_json(out_dir / REFERENCE_FILE, reference)
-        for name in methods:
-            if name in finished:
-                results[name] = finished[name]
-                this.log(f"{name}: already finished, kept")
-                continue
-            resolved = resolve(cfg, suite, name, explicit)
-            method_cfg = resolved.cfg
-            this.log(f"unlearning with {name} ({suite.train_config(method_cfg.train).steps} steps, "
-                     f"lr {method_cfg.train.lr:g}{', tuned' if resolved.tuned else ''}) ...")
-            try:
-                results[name] = run_method(name, dataclasses.replace(this, cfg=method_cfg, resolved=resolved))
-            except DivergenceError as exc:
-                if ctx.is_main:
-                    print(f"error: {name} diverged: {exc}; the last good checkpoint is in "
-                          f"{out_dir / 'checkpoints' / name}", file=sys.stderr)
-                return 3  # every rank sees the same global loss
-            this.log(f"  done in {results[name]['train_seconds']:.0f}s")
-            if ctx.is_main:
-                shutil.rmtree(out_dir / "checkpoints" / name, ignore_errors=True)
-                with contextlib.suppress(OSError):  # the checkpoints folder itself, once no method has one
-                    (out_dir / "checkpoints").rmdir()
+                print(f"error: {name} diverged: {exc}; the last good checkpoint is in "
+                      f"{out_dir / 'checkpoints' / name}", file=sys.stderr)
+            return 3  # every rank sees the same global loss
+        this.log(f"  done in {results[name]['train_seconds']:.0f}s")
+        if ctx.is_main:
+            shutil.rmtree(out_dir / "checkpoints" / name, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the checkpoints folder itself, once no method has one
+                (out_dir / "checkpoints").rmdir()
     if not ctx.is_main:
         shutdown(ctx)
         return 0

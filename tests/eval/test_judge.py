@@ -12,6 +12,7 @@ from atwu_fast.data.formatting import Formatter
 from atwu_fast.data.readers import DataError
 from atwu_fast.eval import leak
 from atwu_fast.eval.judge import JUDGE_PROMPT, ModelJudge, load_judge
+from atwu_fast.model.distributed import SINGLE
 from atwu_fast.suites.tofu.evaluate import evaluate_tofu
 from atwu_fast.suites.tofu.suite import load_tofu_sets
 from atwu_fast.unlearn.experiment import ExperimentConfig
@@ -68,7 +69,8 @@ def test_evaluate_leak_uses_the_given_judge_for_probes_and_retain_answers():
               for i in range(6)]
     seen = []
 
-    def never(items):
+    def never(items, ctx):
+        assert ctx is SINGLE  # the evaluation's distributed context reaches the judge
         seen.extend(items)
         return [False] * len(items)
 
@@ -81,7 +83,7 @@ def test_evaluate_leak_uses_the_given_judge_for_probes_and_retain_answers():
     assert values == {"leak_paraphrase": 0.0, "leak_icr": 0.0, "leak_worst": 0.0, "leak_retain": 0.0}
     assert not any(r["leak_worst"] for r in records)
 
-    def by_answer(items):
+    def by_answer(items, ctx):
         return [answer.endswith("1") for _, _, answer in items]
 
     values, _ = leak.evaluate_leak(lambda probes: [f"It is Zorb{q.split()[-1].rstrip('?')}" for q, _ in probes],
@@ -90,7 +92,7 @@ def test_evaluate_leak_uses_the_given_judge_for_probes_and_retain_answers():
     assert values == {"leak_paraphrase": pytest.approx(1 / 3), "leak_icr": pytest.approx(1 / 3),
                       "leak_worst": pytest.approx(1 / 3), "leak_retain": pytest.approx(1 / 6)}
     with pytest.raises(ValueError, match="verdicts"):
-        leak.evaluate_leak(lambda probes: ["x"] * len(probes), forget, retain, judge=lambda items: [True])
+        leak.evaluate_leak(lambda probes: ["x"] * len(probes), forget, retain, judge=lambda items, ctx: [True])
 
 
 def test_tofu_evaluation_with_a_model_judge_records_its_verdicts(tmp_path):
@@ -135,7 +137,7 @@ def test_embedded_evaluation_passes_its_judge_to_the_leak_metric(tmp_path):
     splits = generate(SyntheticConfig(n_forget_authors=2, n_retain_authors=2, n_holdout_authors=1, n_general=2))
     calls = []
 
-    def always(items):
+    def always(items, ctx):
         calls.append(len(items))
         return [True] * len(items)
 

@@ -1,9 +1,11 @@
 """Two gloo ranks on CPU reproduce the single-process run at the same global batch."""
 
 import datetime
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -14,7 +16,14 @@ from atwu_fast.data.formatting import encode_qa
 from atwu_fast.finetune.tiny import ModelConfig, build_tiny_llama, train_tokenizer
 from atwu_fast.methods import get_method
 from atwu_fast.methods.atwu.params import ATWUParams
-from atwu_fast.model.distributed import SINGLE, DistContext, collective_eval, full_state_dict, map_batches, shutdown
+from atwu_fast.model.distributed import (
+    SINGLE,
+    DistContext,
+    full_state_dict,
+    generation_kwargs,
+    map_batches,
+    shutdown,
+)
 from atwu_fast.model.loading import enable_gradient_checkpointing
 from atwu_fast.suites.synthetic.world import SyntheticConfig, generate, tokenizer_corpus
 from atwu_fast.train.config import TrainConfig
@@ -242,9 +251,8 @@ def map_and_save(ctx: DistContext, out: str) -> None:
 
     items = list(range(7))
     model = torch.nn.Linear(2, 2)
-    with collective_eval(ctx):
-        gathered = map_batches(model, items, 2, square)
-    alone = map_batches(model, items, 2, square)  # outside the block: this rank maps everything
+    gathered = map_batches(model, items, 2, square, ctx=ctx)
+    alone = map_batches(model, items, 2, square)  # no context: this rank maps everything
     # an FSDP-sharded model: 5 rows over 2 ranks = batches of [2, 1] and [2] rows; rank 1 must run a
     # padding forward (its own batches alone would leave rank 0's second all-gather unmatched: a hang)
     sharded = build("grad_diff", ctx, "fsdp").model
@@ -255,10 +263,15 @@ def map_and_save(ctx: DistContext, out: str) -> None:
         out = m(input_ids=torch.tensor([[1, 2, 3]] * len(part))).logits
         return [float(out[i].sum()) for i in range(len(part))]
 
-    with collective_eval(ctx):
-        fsdp_rows = map_batches(sharded, list(range(5)), 2, logits_sum)
+    fsdp_rows = map_batches(sharded, list(range(5)), 2, logits_sum, ctx=ctx)
+    try:  # without the run's context a sharded model's forwards would not match across ranks: refused
+        map_batches(sharded, list(range(5)), 2, logits_sum)
+        refused = False
+    except RuntimeError:
+        refused = True
+    synced = (generation_kwargs(sharded, ctx), generation_kwargs(sharded), generation_kwargs(model, ctx))
     torch.save({"gathered": gathered, "alone": alone, "seen": seen, "fsdp_rows": fsdp_rows,
-                "forwards": forwards}, f"{out}.{ctx.rank}")
+                "forwards": forwards, "refused": refused, "synced": synced}, f"{out}.{ctx.rank}")
 
 
 @pytest.mark.slow
@@ -275,6 +288,54 @@ def test_collective_map_shards_rows_and_gathers_them_in_order(tmp_path):
     assert len(ranks[0]["forwards"]) == len(ranks[1]["forwards"]) == 2  # rank 1: one batch + one padding
     assert len(ranks[0]["fsdp_rows"]) == 5 and ranks[0]["fsdp_rows"] == ranks[1]["fsdp_rows"]
     assert ranks[0]["fsdp_rows"] == pytest.approx([ranks[0]["fsdp_rows"][0]] * 5)  # same input, same logits
+    for got in ranks:
+        assert got["refused"]  # an FSDP model evaluated without the context raises, before any forward
+        assert got["synced"] == ({"synced_gpus": True}, {}, {})
+
+
+@dataclass(frozen=True)
+class ThreadRank(DistContext):
+    """Rank ``rank`` of ``world`` ranks that are threads of this process: the all-gather meets at a
+    barrier and reads every rank's value from a shared board (no process group)."""
+
+    board: dict = field(default_factory=dict, compare=False)
+    meet: threading.Barrier | None = field(default=None, compare=False)
+
+    def all_gather(self, value) -> list:
+        self.board[self.rank] = value
+        self.meet.wait(timeout=30)
+        return [self.board[r] for r in range(self.world)]
+
+
+def test_map_batches_shards_rows_over_the_given_context_and_gathers_them_in_order():
+    items, model = list(range(7)), torch.nn.Linear(2, 2)
+    board, meet = {}, threading.Barrier(2)
+    seen: dict[int, list] = {0: [], 1: []}
+    got: dict[int, object] = {}
+
+    def rank(r: int) -> None:
+        def square(m, part):
+            seen[r].append(list(part))
+            return [x * x for x in part]
+
+        try:
+            got[r] = map_batches(model, items, 2, square, ctx=ThreadRank(rank=r, world=2, board=board, meet=meet))
+        except BaseException as exc:  # surfaced below: a thread's exception would be lost
+            got[r] = exc
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert got[0] == got[1] == [x * x for x in items]  # every rank: all results, in row order
+    assert seen == {0: [[0, 1], [2, 3]], 1: [[4, 5], [6]]}  # each rank mapped its contiguous shard only
+
+    alone: list = []
+    assert map_batches(model, items, 2, lambda m, part: alone.append(list(part)) or [x * x for x in part]) == \
+        [x * x for x in items]  # no context: this process maps every row, in batches
+    assert alone == [[0, 1], [2, 3], [4, 5], [6]]
+    assert SINGLE.all_gather([1, 2]) == [[1, 2]]
 
 
 def test_parallel_engine_auto_follows_accelerate_fsdp(monkeypatch):

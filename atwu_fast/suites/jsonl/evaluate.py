@@ -10,14 +10,16 @@ from ...data.labels import IGNORE_INDEX, UNIQUE
 from ...eval import metrics
 from ...eval.logs import by_index, entry
 from ...eval.scoring import row_tokens
+from ...model.distributed import SINGLE, DistContext
 from ..tofu.evaluate import TofuScorer, rouge_entries, score_entry
 
 
 def evaluate_jsonl(model, tokenizer, fmt: Formatter, sets: dict, batch_size: int, max_new_tokens: int,
-                   generate_text: bool = True) -> dict:
-    """Per set: QA rows → Prob and ROUGE-L recall (forget: also ES and EM); text rows → mean NLL."""
+                   generate_text: bool = True, ctx: DistContext = SINGLE) -> dict:
+    """Per set: QA rows → Prob and ROUGE-L recall (forget: also ES and EM); text rows → mean NLL. Every
+    forward and generation is sharded over the ranks of a distributed ``ctx``."""
     logs: dict = {}
-    s = TofuScorer(model, tokenizer, fmt, batch_size, max_new_tokens)
+    s = TofuScorer(model, tokenizer, fmt, batch_size, max_new_tokens, ctx)
     for name in ("forget", "retain"):
         rows = sets.get(name) or []
         qa = [r for r in rows if "question" in r]
@@ -36,13 +38,14 @@ def evaluate_jsonl(model, tokenizer, fmt: Formatter, sets: dict, batch_size: int
                 vals = rouge_entries(gens, [r["answer"] for r in qa], inputs)
                 logs[f"{name}_Q_A_ROUGE"] = entry(np.mean([v["rougeL_recall"] for v in vals]), by_index(vals))
         if texts:
-            toks = row_tokens(model, [fmt.text(r["text"]) for r in texts], tokenizer.pad_token_id, batch_size)
+            toks = row_tokens(model, [fmt.text(r["text"]) for r in texts], tokenizer.pad_token_id, batch_size,
+                              ctx=ctx)
             nll = toks.mean_nll()
             logs[f"{name}_text_loss"] = entry(nll.mean(), by_index([{"avg_loss": float(v)} for v in nll]))
     forget = sets.get("forget") or []
     if forget and all("target_words" in r for r in forget):
         enc = [fmt.row(r) for r in forget]
-        toks = row_tokens(model, enc, tokenizer.pad_token_id, batch_size)
+        toks = row_tokens(model, enc, tokenizer.pad_token_id, batch_size, ctx=ctx)
         labels = [(np.array(e["span_kind"])[np.array(e["labels"]) != IGNORE_INDEX] == UNIQUE).astype(int) for e in enc]
         logs["span_auroc_nll"] = entry(metrics.span_auroc(toks.nll, labels))
         logs["span_ap_nll"] = entry(metrics.span_average_precision(toks.nll, labels))

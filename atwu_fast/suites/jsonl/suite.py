@@ -7,6 +7,7 @@ Each row is a QA pair ``{"question", "answer"}`` or a raw ``{"text"}``, optional
 from __future__ import annotations
 
 from ...data.readers import DataError, attach_target_words, read_file
+from ...model.distributed import SINGLE, DistContext
 from ..base import BenchmarkData, Column
 from ..real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
 from .evaluate import evaluate_jsonl
@@ -54,6 +55,6 @@ class JsonlSuite(RealSuite):
     def read(self, with_eval: bool = True) -> BenchmarkData:
         return load_jsonl_sets(self.bcfg.forget_file, self.bcfg.retain_file, self.bcfg.spans_file)
 
-    def evaluate_logs(self, model, retain) -> dict:
+    def evaluate_logs(self, model, retain, ctx: DistContext = SINGLE) -> dict:
         return evaluate_jsonl(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
-                              self.max_new_tokens)
+                              self.max_new_tokens, ctx=ctx)

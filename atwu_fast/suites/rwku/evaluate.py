@@ -29,6 +29,7 @@ from ...data.formatting import Formatter, stop_token_ids
 from ...eval import metrics
 from ...eval.logs import by_index, entry
 from ...eval.scoring import generate, row_tokens
+from ...model.distributed import SINGLE, DistContext
 
 FB_PROMPT = "Please complete the blank in the following question.\nQuestion: {query}\n"
 QA_PROMPT = "Please briefly answer the following question.\nQuestion: {query}\n"
@@ -70,20 +71,21 @@ def rouge_recall(generation: str, answer: str, rouge: str = "rwku") -> float:
 
 
 def evaluate_probes(model, tokenizer, fmt: Formatter, rows: list[dict], set_name: str, batch_size: int,
-                    max_new_tokens: int, rouge: str = "rwku") -> dict:
+                    max_new_tokens: int, rouge: str = "rwku", ctx: DistContext = SINGLE) -> dict:
     prompts = [probe_prompt(r, set_name) for r in rows]
     ids = [fmt.instruction_ids(text, suffix) for text, suffix in prompts]
     gens = generate(model, tokenizer, ids, max_new_tokens, batch_size, stop_token_ids(tokenizer, model),
-                    stop_strings=("\n",))
+                    stop_strings=("\n",), ctx=ctx)
     vals = [{"rougeL_recall": rouge_recall(g, r["answer"], rouge), "input": fmt.instruction_text(*p),
              "ground_truth": r["answer"], "generation": g, "subject": r.get("subject"), "level": r.get("level")}
             for g, r, p in zip(gens, rows, prompts)]
     return entry(np.mean([v["rougeL_recall"] for v in vals]) if vals else None, by_index(vals))
 
 
-def mia_set(model, tokenizer, fmt: Formatter, rows: list[dict], batch_size: int, k: float) -> dict[str, np.ndarray]:
+def mia_set(model, tokenizer, fmt: Formatter, rows: list[dict], batch_size: int, k: float,
+            ctx: DistContext = SINGLE) -> dict[str, np.ndarray]:
     enc = [fmt.text(r["text"], eos=False) for r in rows]
-    toks = row_tokens(model, enc, tokenizer.pad_token_id, batch_size, moments=True)
+    toks = row_tokens(model, enc, tokenizer.pad_token_id, batch_size, moments=True, ctx=ctx)
     mean_nll = toks.mean_nll()
     lp = [-n for n in toks.nll]
     return {"loss": metrics.mia_loss(mean_nll), "zlib": metrics.mia_zlib(mean_nll, [r["text"] for r in rows]),
@@ -93,7 +95,9 @@ def mia_set(model, tokenizer, fmt: Formatter, rows: list[dict], batch_size: int,
 
 def evaluate_rwku(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]], batch_size: int = 32,
                   max_new_tokens: int = 30, mia_k: float = 0.2, generate_text: bool = True,
-                  rouge: str = "rwku") -> dict:
+                  rouge: str = "rwku", ctx: DistContext = SINGLE) -> dict:
+    """All RWKU metrics of one model (module docstring), every forward and generation sharded over the
+    ranks of a distributed ``ctx`` (every rank gets the whole logs)."""
     check_rouge(rouge)
     model.eval()
     logs: dict = {}
@@ -101,7 +105,7 @@ def evaluate_rwku(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]],
         for set_name, key in LEVEL_NAMES.items():
             if sets.get(set_name):
                 logs[key] = evaluate_probes(model, tokenizer, fmt, sets[set_name], set_name, batch_size,
-                                            max_new_tokens, rouge)
+                                            max_new_tokens, rouge, ctx)
         for group, parts in (("forget", ("forget_FB", "forget_QA", "forget_AA")),
                              ("neighbor", ("neighbor_FB", "neighbor_QA"))):
             vals = [logs[p]["agg_value"] for p in parts if p in logs and logs[p]["agg_value"] is not None]
@@ -110,7 +114,7 @@ def evaluate_rwku(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]],
     scores = {}
     for name, key in (("mia_forget", "mia_FM"), ("mia_retain", "mia_RM")):
         if sets.get(name):
-            sc = mia_set(model, tokenizer, fmt, sets[name], batch_size, mia_k)
+            sc = mia_set(model, tokenizer, fmt, sets[name], batch_size, mia_k, ctx)
             scores[key] = sc
             rows = [{a: float(v[i]) for a, v in sc.items()} for i in range(len(sets[name]))]
             logs[key] = entry(sc["loss"].mean(), by_index(rows), **{a: float(v.mean()) for a, v in sc.items()})

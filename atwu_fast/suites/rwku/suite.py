@@ -13,6 +13,7 @@ them are used).
 from __future__ import annotations
 
 from ...data.readers import DataError, attach_target_words, load_rows, read_file
+from ...model.distributed import SINGLE, DistContext
 from ..base import BenchmarkData, Column
 from ..real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
 from .evaluate import evaluate_rwku
@@ -81,6 +82,6 @@ class RwkuSuite(RealSuite):
         return load_rwku_sets(self.bcfg.data_dir or HUB_ID, self.bcfg.targets, self.bcfg.rwku_corpus,
                               self.bcfg.spans_file, with_eval)
 
-    def evaluate_logs(self, model, retain) -> dict:
+    def evaluate_logs(self, model, retain, ctx: DistContext = SINGLE) -> dict:
         return evaluate_rwku(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
-                             self.max_new_tokens, rouge=self.bcfg.rwku_rouge)
+                             self.max_new_tokens, rouge=self.bcfg.rwku_rouge, ctx=ctx)

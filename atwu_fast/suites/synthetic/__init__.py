@@ -12,6 +12,7 @@ from ...data.formatting import encode_qa
 from ...data.labels import FACT_KIND_NAMES
 from ...eval.judge import load_judge
 from ...eval.logs import RetainReference
+from ...model.distributed import SINGLE, DistContext
 from ..base import Column, Evaluation, Suite
 from . import assets
 from .evaluate import EvalConfig, evaluate_model, evaluation_splits
@@ -96,12 +97,12 @@ class SyntheticSuite(Suite):
     def quick_overrides(self) -> dict:
         return {"eval.generate": False}
 
-    def evaluate(self, model, retain: Optional[RetainReference]) -> Evaluation:
+    def evaluate(self, model, retain: Optional[RetainReference], ctx: DistContext = SINGLE) -> Evaluation:
         e = self.cfg.eval
         result = evaluate_model(model, self.tokenizer, evaluation_splits(self.splits, e.retain_authors),
                                 self.cfg.tokenizer.max_length, e.batch_size, e.max_new_tokens, e.generate,
                                 retain_forget_truth_ratios=retain.forget_truth_ratio if retain is not None else None,
-                                leak_rows=e.leak_rows if e.leak else None, leak_judge=self.judge)
+                                leak_rows=e.leak_rows if e.leak else None, leak_judge=self.judge, ctx=ctx)
         return Evaluation(result.metrics, result.samples,
                           retain_reference=RetainReference(result.forget_truth_ratios, source="retain model"))
 

@@ -20,6 +20,7 @@ from ...data.formatting import decode_answer, encode_prompt, encode_qa
 from ...eval import leak as leak_metric
 from ...eval import metrics
 from ...methods.base import sequence_lengths, sequence_sum
+from ...model.distributed import SINGLE, DistContext
 from ...model.generation import greedy_generate
 from ...model.tokens import map_answer_tokens, token_nll
 from ...report import progress
@@ -46,8 +47,10 @@ class EvalConfig:
         check(self.batch_size >= 1 and self.max_new_tokens >= 1, "eval sizes must be >= 1")
 
 
-def mean_answer_nll(model, tokenizer, pairs: list[tuple[str, str]], max_length: int, batch_size: int) -> np.ndarray:
-    """Mean token NLL (EOS included) of each answer given its question: L̄(a|q)."""
+def mean_answer_nll(model, tokenizer, pairs: list[tuple[str, str]], max_length: int, batch_size: int,
+                    ctx: DistContext = SINGLE) -> np.ndarray:
+    """Mean token NLL (EOS included) of each answer given its question: L̄(a|q). Every function here
+    shards its rows over the ranks of a distributed ``ctx`` (each rank gets every row's value)."""
     def batch_nll(m, tokens, kinds, part: list[dict]) -> list[float]:
         n = len(part)
         mean = sequence_sum(token_nll(m, tokens), tokens.seq, n) / sequence_lengths(tokens.seq, n).clamp_min(1)
@@ -55,34 +58,40 @@ def mean_answer_nll(model, tokenizer, pairs: list[tuple[str, str]], max_length: 
 
     rows = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs]
     return np.asarray(map_answer_tokens(model, rows, tokenizer.pad_token_id, batch_size, batch_nll,
-                                        lambda n, b: progress.batch_starts(n, b, "eval NLL")), dtype=np.float64)
+                                        lambda n, b: progress.batch_starts(n, b, "eval NLL"), ctx=ctx),
+                      dtype=np.float64)
 
 
-def truth_ratios(model, tokenizer, rows: list[dict], correct_key: str, max_length: int, batch_size: int) -> np.ndarray:
+def truth_ratios(model, tokenizer, rows: list[dict], correct_key: str, max_length: int, batch_size: int,
+                 ctx: DistContext = SINGLE) -> np.ndarray:
     """R_i = exp(−mean_j L̄(perturbed_ij)) / exp(−L̄(correct_i)) for every row."""
-    correct = mean_answer_nll(model, tokenizer, [(r["question"], r[correct_key]) for r in rows], max_length, batch_size)
+    correct = mean_answer_nll(model, tokenizer, [(r["question"], r[correct_key]) for r in rows], max_length,
+                              batch_size, ctx)
     n_pert = len(rows[0]["perturbed_answer"])
     flat = [(r["question"], a) for r in rows for a in r["perturbed_answer"]]
-    pert = mean_answer_nll(model, tokenizer, flat, max_length, batch_size).reshape(len(rows), n_pert)
+    pert = mean_answer_nll(model, tokenizer, flat, max_length, batch_size, ctx).reshape(len(rows), n_pert)
     return metrics.truth_ratio(correct, pert)
 
 
-def forget_extraction_strength(model, tokenizer, rows: list[dict], max_length: int, batch_size: int) -> float:
+def forget_extraction_strength(model, tokenizer, rows: list[dict], max_length: int, batch_size: int,
+                               ctx: DistContext = SINGLE) -> float:
     """Mean extraction strength 1 − k*/N of the answers (teacher-forced argmax; the eos prediction
     dropped, as for TOFU)."""
     from ...eval.scoring import row_tokens
 
     encoded = [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows]
-    tokens = row_tokens(model, encoded, tokenizer.pad_token_id, batch_size, argmax=True)
+    tokens = row_tokens(model, encoded, tokenizer.pad_token_id, batch_size, argmax=True, ctx=ctx)
     return float(np.mean(metrics.extraction_strength([a[:-1] for a in tokens.argmax], [y[:-1] for y in tokens.labels])))
 
 
-def generations(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
-    return probe_generations(model, tokenizer, [(r["question"], ()) for r in rows], max_new_tokens, batch_size)
+def generations(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int,
+                ctx: DistContext = SINGLE) -> list[str]:
+    return probe_generations(model, tokenizer, [(r["question"], ()) for r in rows], max_new_tokens, batch_size,
+                             ctx=ctx)
 
 
 def probe_generations(model, tokenizer, probes: list[leak_metric.Probe], max_new_tokens: int, batch_size: int,
-                      label: str = "generate") -> list[str]:
+                      label: str = "generate", ctx: DistContext = SINGLE) -> list[str]:
     """Greedy answers to (question, context) probes in the plain template (context: earlier QA blocks;
     an answer after context is cut where it starts another question)."""
     def decode(ids: list[int]) -> str:
@@ -94,7 +103,7 @@ def probe_generations(model, tokenizer, probes: list[leak_metric.Probe], max_new
     return greedy_generate(model, tokenizer, [encode_prompt(tokenizer, q, context=c) for q, c in probes],
                            max_new_tokens, batch_size, [tokenizer.eos_token_id],
                            decode_cut if any(c for _, c in probes) else decode,
-                           lambda n, b: progress.batch_starts(n, b, label))
+                           lambda n, b: progress.batch_starts(n, b, label), ctx=ctx)
 
 
 def _generation_metrics(prefix: str, gens: list[str], rows: list[dict]) -> dict:
@@ -128,12 +137,13 @@ def evaluation_splits(splits: dict[str, list[dict]], retain_authors: int) -> dic
 def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: int, batch_size: int,
                    max_new_tokens: int, generate: bool = True,
                    retain_forget_truth_ratios: np.ndarray | None = None, leak_rows: int | None = 0,
-                   leak_judge=None) -> ModelEvaluation:
+                   leak_judge=None, ctx: DistContext = SINGLE) -> ModelEvaluation:
     """All metrics of one model; pass :func:`evaluation_splits` to bound the retain cost. With ``generate``
     the leak metrics on the first ``leak_rows`` forget rows (0: all; None: no leak metrics), judged by
-    ``leak_judge`` (None: target-word match; :mod:`atwu_fast.eval.judge`)."""
+    ``leak_judge`` (None: target-word match; :mod:`atwu_fast.eval.judge`). ``ctx``: the run's distributed
+    context, over whose ranks every forward and generation is sharded (every rank gets all metrics)."""
     model.eval()
-    kw = {"max_length": max_length, "batch_size": batch_size}
+    kw = {"max_length": max_length, "batch_size": batch_size, "ctx": ctx}
     forget, retain, general = splits["forget"], splits["retain"], splits["general"]
     r_forget = truth_ratios(model, tokenizer, forget, "paraphrased_answer", **kw)
     r_retain = truth_ratios(model, tokenizer, retain, "paraphrased_answer", **kw)
@@ -156,7 +166,7 @@ def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: 
     out["extraction_strength"] = forget_extraction_strength(model, tokenizer, forget, **kw)
     samples = []
     if generate:
-        gens = {name: generations(model, tokenizer, splits[name], max_new_tokens, batch_size)
+        gens = {name: generations(model, tokenizer, splits[name], max_new_tokens, batch_size, ctx)
                 for name in ("forget", "retain", "general")}
         for name in gens:
             out.update(_generation_metrics(name, gens[name], splits[name]))
@@ -165,9 +175,10 @@ def evaluate_model(model, tokenizer, splits: dict[str, list[dict]], max_length: 
         if leak_rows is not None:
             n = leak_rows or len(forget)
             leaks, _ = leak_metric.evaluate_leak(
-                lambda probes: probe_generations(model, tokenizer, probes, max_new_tokens, batch_size, "leak probes"),
+                lambda probes: probe_generations(model, tokenizer, probes, max_new_tokens, batch_size, "leak probes",
+                                                 ctx),
                 forget[:n], retain, original=gens["forget"][:n], retain_rows=retain, retain_answers=gens["retain"],
-                judge=leak_judge)
+                judge=leak_judge, ctx=ctx)
             out.update(leaks)
         utility = [out["retain_prob"], out["retain_rouge"], out["retain_truth_ratio"],
                    out["general_prob"], out["general_rouge"], out["general_truth_ratio"]]

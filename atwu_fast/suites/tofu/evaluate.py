@@ -32,6 +32,7 @@ from ...data.labels import IGNORE_INDEX, UNIQUE
 from ...eval import leak, metrics
 from ...eval.logs import RetainReference, by_index, entry
 from ...eval.scoring import RowTokens, generate, row_tokens
+from ...model.distributed import SINGLE, DistContext
 
 UTILITY_KEYS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
                 "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE", "ra_Truth_Ratio",
@@ -56,17 +57,21 @@ def rouge_entries(generations: list[str], references: list[str], inputs: list[st
 
 
 class TofuScorer:
-    """Shared plumbing: encoding with one :class:`Formatter`, batched NLL and generation."""
+    """Shared plumbing: encoding with one :class:`Formatter`, batched NLL and generation, sharded over
+    the ranks of a distributed ``ctx`` (every rank gets every row's values)."""
 
-    def __init__(self, model, tokenizer, fmt: Formatter, batch_size: int = 32, max_new_tokens: int = 200):
+    def __init__(self, model, tokenizer, fmt: Formatter, batch_size: int = 32, max_new_tokens: int = 200,
+                 ctx: DistContext = SINGLE):
         self.model, self.tokenizer, self.fmt = model, tokenizer, fmt
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.ctx = ctx
 
     def encode(self, pairs: list[tuple[str, str]]) -> list[dict]:
         return [self.fmt.qa(q, a) for q, a in pairs]
 
     def tokens(self, pairs, **kw) -> RowTokens:
-        return row_tokens(self.model, self.encode(pairs), self.tokenizer.pad_token_id, self.batch_size, **kw)
+        return row_tokens(self.model, self.encode(pairs), self.tokenizer.pad_token_id, self.batch_size, **kw,
+                          ctx=self.ctx)
 
     def mean_nll(self, rows: list[dict], key: str) -> np.ndarray:
         """[n] for a string field, [n, k] for a list field (k alternatives per row)."""
@@ -86,7 +91,7 @@ class TofuScorer:
         context in the plain template an answer is cut where it starts another question."""
         prompts = [self.fmt.prompt_ids(q, context=c) for q, c in probes]
         gens = generate(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size,
-                        stop_token_ids(self.tokenizer, self.model))
+                        stop_token_ids(self.tokenizer, self.model), ctx=self.ctx)
         if any(c for _, c in probes):
             gens = [leak.cut_continuation(g) for g in gens]
         return gens, [self.fmt.prompt_text(q, c) for q, c in probes]
@@ -136,10 +141,10 @@ def leak_logs(s: TofuScorer, forget: list[dict], retain: list[dict], forget_gens
               retain_gens: list[str], judge=None) -> dict:
     """``leak_*`` entries (:mod:`.leak`): in-context examples from ``retain``, whose rows without
     ``target_words`` are judged on their answers' key phrases for ``leak_retain``; ``leak_worst`` names
-    its judge (a model judge's ``name``, else ``target_words``)."""
+    its judge (a model judge's ``name``, else ``target_words``). The judge runs over ``s.ctx``."""
     values, records = leak.evaluate_leak(lambda probes: s.probe_generations(probes)[0], forget, retain,
                                          original=forget_gens, retain_rows=retain, retain_answers=retain_gens,
-                                         judge=judge)
+                                         judge=judge, ctx=s.ctx)
     by_row = {str(r["index"]): r for r in records}
     out = {key: entry(values.get(key)) for key in ("leak_paraphrase", "leak_icr", "leak_retain")}
     out["leak_worst"] = entry(values.get("leak_worst"), by_row, judge=getattr(judge, "name", "target_words"))
@@ -148,12 +153,14 @@ def leak_logs(s: TofuScorer, forget: list[dict], retain: list[dict], forget_gens
 
 def evaluate_tofu(model, tokenizer, fmt: Formatter, sets: dict[str, list[dict]], batch_size: int = 32,
                   max_new_tokens: int = 200, retain_ref: RetainReference | None = None, mia_k: float = 0.4,
-                  generate_text: bool = True, leak_rows: int | None = None, leak_judge=None) -> dict:
+                  generate_text: bool = True, leak_rows: int | None = None, leak_judge=None,
+                  ctx: DistContext = SINGLE) -> dict:
     """All TOFU metrics of one model: a dict in the TOFU_EVAL.json layout. With ``generate_text`` and
     target words on the forget rows, the leak metrics on the first ``leak_rows`` of them (0: all; None: none),
-    judged by ``leak_judge`` (None: target-word match; :mod:`.judge`)."""
+    judged by ``leak_judge`` (None: target-word match; :mod:`.judge`). ``ctx``: the run's distributed
+    context, over whose ranks every forward and generation is sharded (every rank gets the whole logs)."""
     model.eval()
-    s = TofuScorer(model, tokenizer, fmt, batch_size, max_new_tokens)
+    s = TofuScorer(model, tokenizer, fmt, batch_size, max_new_tokens, ctx)
     logs: dict = {}
     forget = sets["forget"]
 

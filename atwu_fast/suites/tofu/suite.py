@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ...data.readers import DataError, attach_target_words, load_rows, read_file
 from ...eval.judge import load_judge
+from ...model.distributed import SINGLE, DistContext
 from ..base import BenchmarkData, Column
 from ..real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
 from .evaluate import evaluate_tofu
@@ -102,7 +103,8 @@ class TofuSuite(RealSuite):
             forget = self.data.eval_sets["forget"]
             check_forget_rows(self.retain_logs, len(forget), [r["question"] for r in forget])
 
-    def evaluate_logs(self, model, retain) -> dict:
+    def evaluate_logs(self, model, retain, ctx: DistContext = SINGLE) -> dict:
         return evaluate_tofu(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
                              self.max_new_tokens, retain_ref=retain, generate_text=self.bcfg.generate,
-                             leak_rows=self.bcfg.leak_rows if self.bcfg.leak else None, leak_judge=self.judge)
+                             leak_rows=self.bcfg.leak_rows if self.bcfg.leak else None, leak_judge=self.judge,
+                             ctx=ctx)

@@ -19,7 +19,9 @@ configuration before it is trusted.
   forward-only configuration), and the op's own options (ATWU head: ``saturation``,
   ``score_scale`` present, ``score_hidden``'s dtype; distillation: the teacher's dtype, teacher bias
   present). The verdict is cached for the process (:func:`verdicts`), so every later call costs
-  building the key and a dict lookup.
+  building the key and a dict lookup. A configuration in a dtype the device lacks (bfloat16 before
+  sm_80: a T4) takes the torch path without a check, with the same one-line warning
+  (:func:`missing_dtype_support`).
 
 **The check.** A fixed random problem (:data:`ROWS` tokens, :data:`DIM` hidden size, :data:`VOCAB`
 vocabulary, chunks of :data:`CHUNK` rows so that several chunks and a ragged last one run, every
@@ -203,13 +205,32 @@ def choose(
     )  # fmt: skip
     verdict = _VERDICTS.get(config)
     if verdict is None:
-        if _cannot_sync(device):
+        lacking = missing_dtype_support(config)
+        if lacking is not None:  # decided without a check: the device cannot run it well
+            verdict, message = "torch", f"atwu_kernels: {auto} on {device}: {lacking}; using the torch path for this configuration"
+        elif _cannot_sync(device):
             return "torch"
-        verdict, message = run_check(config)
+        else:
+            verdict, message = run_check(config)
         if message is not None:
             warnings.warn(message, SelfCheckWarning, stacklevel=3)
         _VERDICTS[config] = verdict
     return verdict
+
+
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    """The CUDA compute capability of ``device`` (None off CUDA)."""
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+
+
+def missing_dtype_support(config: Config) -> str | None:
+    """Why the device lacks a dtype the configuration computes in, or None: bfloat16 before sm_80 (a T4,
+    sm_75, has no bfloat16 tensor cores; the torch path runs it through PyTorch's own kernels)."""
+    capability = device_capability(config.device)
+    dtypes = {config.hidden, config.weight, config.bias, config.autocast}
+    if capability is not None and capability < (8, 0) and torch.bfloat16 in dtypes:
+        return f"bfloat16 needs sm_80 or newer (this device is sm_{capability[0]}{capability[1]})"
+    return None
 
 
 def _cannot_sync(device: torch.device) -> bool:

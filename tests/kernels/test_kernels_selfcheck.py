@@ -360,3 +360,24 @@ def test_a_check_that_cannot_run_keeps_the_torch_path(auto_is_triton, monkeypatc
     verdict, message = selfcheck.run_check(config)
     assert verdict == "torch" and "could not be checked (the torch path raised" in message and "\n" not in message
     assert fake.calls == 0
+
+
+def test_bfloat16_on_a_device_before_sm80_takes_the_torch_path_with_one_note(auto_is_triton, monkeypatch):
+    """A T4 (sm_75) has no bfloat16 tensor cores: bf16 configurations go to the torch path unchecked,
+    with one warning line; fp32 on the same device is still checked and used."""
+    fake = Fake(monkeypatch, "tiny")
+    monkeypatch.setattr(selfcheck, "device_capability", lambda dev: (7, 5))
+    h, w, y = (t.to(device()) for t in make_problem(40, 16, 50, seed=3)[:3])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = linear_token_nll(h.to(torch.bfloat16), w.to(torch.bfloat16), y)
+        again = linear_token_nll(h.to(torch.bfloat16), w.to(torch.bfloat16), y)
+    notes = [str(c.message) for c in caught if issubclass(c.category, SelfCheckWarning)]
+    assert len(notes) == 1 and "bfloat16 needs sm_80 or newer (this device is sm_75)" in notes[0]
+    assert "using the torch path" in notes[0] and "\n" not in notes[0]
+    assert fake.calls == 0  # neither checked nor run
+    expected = linear_token_nll(h.to(torch.bfloat16), w.to(torch.bfloat16), y, impl="torch")
+    assert torch.equal(first, expected) and torch.equal(again, expected)
+    calls = fake.calls
+    linear_token_nll(h, w, y)  # fp32: checked (passes: "tiny" is within bounds), then the fake backend runs
+    assert fake.calls > calls

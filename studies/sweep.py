@@ -289,10 +289,10 @@ def run_config(cfg, suite, method: str, over: dict, lr: float | str, where: str)
     method's tuned values on the benchmark (every override, the grid's base and the entry's, wins)."""
     if lr != TUNED:
         return merge(cfg, dotted_to_nested({**over, "train.lr": lr}), where=where), {}
-    from atwu_fast.unlearn.driver import with_tuned
+    from atwu_fast.unlearn.resolve import resolve
 
-    run_cfg = merge(cfg, dotted_to_nested(over), where=where)
-    return with_tuned(run_cfg, suite, method, frozenset(over))
+    resolved = resolve(merge(cfg, dotted_to_nested(over), where=where), suite, method, frozenset(over))
+    return resolved.cfg, resolved.tuned
 
 
 def run_overrides(grid: Grid, variant_over: dict, seed: int) -> dict:

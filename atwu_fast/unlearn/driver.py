@@ -291,13 +291,6 @@ def output_dir(cfg, suite: Suite) -> Path:
     return suite.default_output_dir(label, time.strftime("%Y%m%d-%H%M%S"))
 
 
-def with_tuned(cfg, suite: Suite, name: str, explicit: frozenset[str] = frozenset()) -> tuple[object, dict]:
-    """``cfg`` with the values tuned for method ``name`` on this benchmark, except those the user set
-    (:func:`~atwu_fast.unlearn.resolve.resolve`); returns the config and the values applied."""
-    resolved = resolve(cfg, suite, name, explicit)
-    return resolved.cfg, resolved.tuned
-
-
 def run(cfg, explicit: frozenset[str] = frozenset()) -> int:
     """The whole run; returns the exit code (0, or 3 when a method diverged). User errors exit 2.
     ``explicit``: the dotted keys the user set, which the methods' tuned values never override."""

@@ -9,6 +9,7 @@ import difflib
 import inspect
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -37,9 +38,12 @@ class _Parser(argparse.ArgumentParser):
         fail(" ".join(message.split()))
 
 
-def build_parser(config_cls: type, prog: str, description: str, shortcuts: dict[str, str]) -> argparse.ArgumentParser:
-    """``shortcuts`` maps a short flag (e.g. ``--method``) to the dotted config field it sets."""
-    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser(config_cls: type, prog: str, description: str, shortcuts: dict[str, str],
+                 shown: dict[str, tuple[Any, str]] | None = None) -> argparse.ArgumentParser:
+    """``shortcuts`` maps a short flag (e.g. ``--method``) to the dotted config field it sets; ``shown``
+    maps a dotted field to the value a run will use instead of its default and where it comes from."""
+    shown = shown or {}
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="YAML", help="YAML file with any of the options below (nested by section)")
     sections: dict[str, argparse._ArgumentGroup] = {}
     hints = typing.get_type_hints(config_cls)
@@ -60,8 +64,14 @@ def build_parser(config_cls: type, prog: str, description: str, shortcuts: dict[
             aliases.append("--" + name.replace("_", "-"))
         flag_kw = {"nargs": "?", "const": "true"} if tp is bool else {}  # a bare --flag means true
         group.add_argument(*dict.fromkeys(aliases), dest=dest, metavar=type_name(tp), default=argparse.SUPPRESS,
-                           help=f"{help_text} (default: {default!r})", **flag_kw)
+                           help=f"{help_text} ({_shown(default, shown.get(name))})", **flag_kw)
     return parser
+
+
+def _shown(default: Any, used: tuple[Any, str] | None) -> str:
+    if used is None or used[0] == default:
+        return f"default: {default!r}"
+    return f"runs with {used[0]!r}: {used[1]}; default: {default!r}"
 
 
 def dotted_keys(data: Any, prefix: str = "") -> set[str]:
@@ -72,11 +82,31 @@ def dotted_keys(data: Any, prefix: str = "") -> set[str]:
             for k in dotted_keys(value, f"{prefix}.{key}" if prefix else str(key).replace("-", "_"))}
 
 
+def check_moved(keys, moved: dict[str, str]) -> None:
+    """A one-line error naming the new place of an option that moved (``--benchmark.split`` -> ``--tofu.split``)."""
+    for key in keys:
+        old = key.lstrip("-").split("=")[0].replace("-", "_")
+        if old in moved:
+            fail(f"--{old} is now --{moved[old]}")
+
+
 def parse_config(config_cls: type, argv: list[str] | None, prog: str, description: str,
-                 shortcuts: dict[str, str], explicit: bool = False) -> Any:
+                 shortcuts: dict[str, str], explicit: bool = False, moved: dict[str, str] | None = None,
+                 help_values: Callable[[Any, set[str]], tuple[str, dict]] | None = None) -> Any:
     """The config from defaults, ``--config`` YAML and flags; with ``explicit`` also the set of dotted
-    keys the user set (YAML or flags), so that tuned per-method values never override them."""
-    parser = build_parser(config_cls, prog, description, shortcuts)
+    keys the user set (YAML or flags), so that tuned per-method values never override them. ``moved``:
+    options that moved (old dotted key -> new), refused with their new name. ``help_values(cfg,
+    explicit)``: for ``--help``, a heading and the values the other arguments make a run use (dotted key ->
+    (value, where it comes from)), shown beside each option's default."""
+    moved = moved or {}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    check_moved([a for a in argv if a.startswith("--")], moved)
+    shown: dict = {}
+    if help_values is not None and any(a in ("-h", "--help") for a in argv):
+        rest = [a for a in argv if a not in ("-h", "--help")]
+        heading, shown = help_values(*parse_config(config_cls, rest, prog, description, shortcuts, True, moved))
+        description = f"{description}\n\n{heading}"
+    parser = build_parser(config_cls, prog, description, shortcuts, shown)
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     for key, value in vars(args).items():
@@ -93,6 +123,7 @@ def parse_config(config_cls: type, argv: list[str] | None, prog: str, descriptio
                 data = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as exc:
                 fail(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+            check_moved(dotted_keys(data), moved)
             cfg = merge(cfg, data, where=str(path))
         cfg = merge(cfg, overrides, where="command line")
     except ConfigError as exc:

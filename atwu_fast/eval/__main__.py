@@ -26,12 +26,15 @@ from ..data.readers import DataError
 from ..eval.logs import dumps, save_logs, summarize
 from ..model.distributed import init_from_env, shutdown
 from ..model.loading import quiet_libraries
-from ..suites import SUITES
-from ..suites.config import BenchmarkConfig
+from ..suites import SUITES, check_sections_apply
+from ..suites.config import MOVED, BenchmarkConfig
+from ..suites.jsonl.config import JsonlConfig
+from ..suites.rwku.config import RwkuConfig
+from ..suites.tofu.config import TofuConfig
 from ..suites.tofu.original_logs import ORIGINAL_COLUMNS, rescore
 
-SHORTCUTS = {"--benchmark": "benchmark.name", "--split": "benchmark.split", "--model": "benchmark.model",
-             "--targets": "benchmark.targets", "--retain-logs": "benchmark.retain_logs",
+SHORTCUTS = {"--benchmark": "benchmark.name", "--split": "tofu.split", "--model": "benchmark.model",
+             "--targets": "rwku.targets", "--retain-logs": "tofu.retain_logs",
              "--data-dir": "benchmark.data_dir", "--output-dir": "output_dir", "--logs": "logs"}
 
 
@@ -49,16 +52,20 @@ class EvalRunConfig:
         "with --logs: the truth ratio's mean over perturbed answers, geometric (the release's "
         "aggregate_eval_stat.py) or arithmetic (its in-training utils.get_model_utility)", "geometric")
     benchmark: BenchmarkConfig = field(default_factory=_tofu_default)
+    tofu: TofuConfig = field(default_factory=TofuConfig)
+    rwku: RwkuConfig = field(default_factory=RwkuConfig)
+    jsonl: JsonlConfig = field(default_factory=JsonlConfig)
 
     def validate(self) -> None:
         if self.benchmark.name == "synthetic":
             raise ConfigError("python -m atwu_fast.eval evaluates tofu, rwku or jsonl; "
                               "the synthetic benchmark is evaluated by python -m atwu_fast.unlearn")
+        check_sections_apply(self)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(EvalRunConfig, argv, prog="python -m atwu_fast.eval", description=__doc__.splitlines()[0],
-                       shortcuts=SHORTCUTS)
+                       shortcuts=SHORTCUTS, moved=MOVED)
     bcfg = cfg.benchmark
     out_dir = Path(cfg.output_dir or f"runs/eval-{bcfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if cfg.logs:
@@ -93,7 +100,7 @@ def rescore_logs(cfg: EvalRunConfig, out_dir: Path) -> int:
     if cfg.benchmark.name != "tofu":
         fail("--logs re-scores original TOFU logs: use --benchmark tofu")
     try:
-        scores = rescore(cfg.logs, cfg.benchmark.retain_logs or None, cfg.perturbed_mean)
+        scores = rescore(cfg.logs, cfg.tofu.retain_logs or None, cfg.perturbed_mean)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     for key, value in scores.items():

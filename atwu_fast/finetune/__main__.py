@@ -8,12 +8,13 @@ from __future__ import annotations
 import sys
 
 from ..config.args import parse_config
+from ..suites.config import MOVED
 from .command import SHORTCUTS, FinetuneRunConfig, run
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FinetuneRunConfig, argv, prog="python -m atwu_fast.finetune",
-                       description=__doc__.splitlines()[0], shortcuts=SHORTCUTS)
+                       description=__doc__.splitlines()[0], shortcuts=SHORTCUTS, moved=MOVED)
     return run(cfg)
 
 

@@ -29,6 +29,7 @@ from ..data.readers import DataError
 from ..model.loading import load_pretrained, load_tokenizer, quiet_libraries
 from ..suites.config import BenchmarkConfig
 from ..suites.real import encode_training
+from ..suites.tofu.config import TofuConfig
 from ..suites.tofu.suite import HUB_ID, load_qa_config
 from ..suites.tofu.tiny import TINY, tiny_positions, tofu_schedule, tofu_texts
 from ..train.config import EfficiencyConfig
@@ -36,12 +37,16 @@ from .build import SUMMARY_FILE, finetune_to_dir
 from .loop import FinetuneConfig
 from .tiny import TinyConfig, build_tiny_llama, train_tokenizer
 
-SHORTCUTS = {"--benchmark": "benchmark.name", "--split": "benchmark.split", "--model": "benchmark.model",
+SHORTCUTS = {"--benchmark": "benchmark.name", "--split": "tofu.split", "--model": "benchmark.model",
              "--output-dir": "output_dir", "--seed": "seed"}
 
 
 def _benchmark() -> BenchmarkConfig:
-    return BenchmarkConfig(name="tofu", split="full")
+    return BenchmarkConfig(name="tofu")
+
+
+def _tofu() -> TofuConfig:
+    return TofuConfig(split="full")
 
 
 @dataclass
@@ -54,6 +59,7 @@ class FinetuneRunConfig:
     seed: int = option("seed of the batch order (a tiny model is initialised with tiny.model.seed)", 0)
     checkpoint_every: int = option("write a resumable checkpoint every K steps (0: none)", 0)
     benchmark: BenchmarkConfig = field(default_factory=_benchmark)
+    tofu: TofuConfig = field(default_factory=_tofu)
     finetune: FinetuneConfig = field(default_factory=tofu_schedule)
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
     tiny: TinyConfig = field(default_factory=TinyConfig)
@@ -66,7 +72,7 @@ class FinetuneRunConfig:
 
 
 def output_dir(cfg: FinetuneRunConfig) -> Path:
-    return Path(cfg.output_dir or f"runs/finetune-{cfg.benchmark.split}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return Path(cfg.output_dir or f"runs/finetune-{cfg.tofu.split}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def model_and_tokenizer(cfg: FinetuneRunConfig, source: str):
@@ -97,15 +103,15 @@ def run(cfg: FinetuneRunConfig) -> int:
     quiet_libraries()
     source = bcfg.data_dir or HUB_ID
     try:
-        rows = load_qa_config(source, bcfg.split)
+        rows = load_qa_config(source, cfg.tofu.split)
         load, tokenizer = model_and_tokenizer(cfg, source)
         fmt = Formatter(tokenizer, bcfg.chat_template, bcfg.system_prompt, bcfg.max_length)
-        encoded = encode_training(fmt, rows, bcfg.split)
+        encoded = encode_training(fmt, rows, cfg.tofu.split)
     except (DataError, ValueError) as exc:
         fail(str(exc))
     atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     steps = cfg.finetune.steps(len(encoded))
-    print(f"fine-tuning {bcfg.model} on TOFU {bcfg.split}: {len(encoded)} QA pairs, at most {steps} steps "
+    print(f"fine-tuning {bcfg.model} on TOFU {cfg.tofu.split}: {len(encoded)} QA pairs, at most {steps} steps "
           f"({'chat template' if fmt.use_chat else 'plain template'})", flush=True)
     efficiency = dataclasses.replace(cfg.efficiency, dtype=bcfg.dtype)  # the weights keep benchmark.dtype
     summary = finetune_to_dir(load, tokenizer, encoded, cfg.finetune, cfg.seed, out / "model", efficiency, print,

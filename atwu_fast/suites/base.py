@@ -66,6 +66,7 @@ class Suite:
     :meth:`load_target` and :meth:`evaluate`."""
 
     name = ""
+    sections: dict[str, type] = {}  # its own config sections (name -> dataclass), settable only when it runs
     log_name: Optional[str] = None  # <log_name>_EVAL.json / _SUMMARY.json per evaluation, when it has logs
     kind_names: dict[int, str] = TARGET_KIND_NAMES  # how the report names the span kinds of its forget tokens
     columns: list[Column] = []  # headline columns of its results table

@@ -90,9 +90,14 @@ class RealSuite(Suite):
             raise DataError("a real benchmark needs --model (a model directory or hub id)")
         self.data = self.read()
         self.data.eval_sets = limit_rows(self.data.eval_sets, self.bcfg.ds_size)
-        self.retain_logs = load_retain_reference(self.bcfg.retain_logs)
+        self.retain_logs = load_retain_reference(self.retain_logs_file)
         self.tokenizer = self.load_tokenizer()
         self.fmt = Formatter(self.tokenizer, self.bcfg.chat_template, self.bcfg.system_prompt, self.bcfg.max_length)
+
+    @property
+    def retain_logs_file(self) -> str:
+        """A retain model's published logs, the forget-quality reference (none by default)."""
+        return ""
 
     def load_tokenizer(self):
         """The model's tokenizer (or ``--benchmark.tokenizer``)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config.args import fail, parse_config
 from ..model.loading import quiet_libraries
+from ..suites.config import MOVED
 from ..unlearn.experiment import SHORTCUTS
 from .config import TuneConfig
 from .report import record_tuned, write_report
@@ -23,7 +24,7 @@ from .study import Tuner, best_values, open_study, reevaluate, run_study
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     cfg = parse_config(TuneConfig, args, prog="python -m atwu_fast.tune", description=__doc__.splitlines()[0],
-                       shortcuts={**SHORTCUTS, "--trials": "tune.trials"})
+                       shortcuts={**SHORTCUTS, "--trials": "tune.trials"}, moved=MOVED)
     names = cfg.method_list()
     if len(names) != 1:
         fail("python -m atwu_fast.tune tunes one method: give --method M (not --methods)")

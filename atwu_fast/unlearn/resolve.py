@@ -62,6 +62,24 @@ def resolve(cfg, suite, name: str, explicit: frozenset[str] = frozenset()) -> Re
     return Resolved(run_cfg, tuned, dotted_to_nested(values), sources)
 
 
+SOURCE_TEXT = {"method": "fixed by the method", "tuned": "tuned for it on this benchmark", "user": "yours"}
+
+
+def help_values(cfg, explicit: set[str]) -> tuple[str, dict]:
+    """What ``--help`` shows beside each option's default: the value the first method of this command
+    runs with on its benchmark, and its layer (``python -m atwu_fast.unlearn --method wga --benchmark
+    tofu_tiny --help``)."""
+    from ..suites import make_suite
+
+    name = cfg.method_list()[0]
+    resolved = resolve(cfg, make_suite(cfg), name, frozenset(explicit))
+    values = flatten(resolved.values)
+    label = "tofu_tiny" if cfg.benchmark.model == "tiny" else cfg.benchmark.name
+    shown = {key: (values[key], SOURCE_TEXT[source]) for key, source in resolved.sources.items()}
+    return (f"Values shown for method {name} on benchmark {label} (--method/--benchmark choose; 'runs with' marks a "
+            f"value other than the option's default: {len(shown)} here).", shown)
+
+
 def annotated_yaml(resolved: Resolved, title: str = "") -> str:
     """The values as YAML (loadable with ``--config``), each value not at its default followed by a
     comment naming its layer."""

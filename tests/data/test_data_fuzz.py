@@ -32,8 +32,8 @@ def model_dir(tmp_path_factory):
 
 def run(model_dir, forget_path, retain_path, out, capsys, extra=()):
     with pytest.raises(SystemExit) as exc:
-        main(["--benchmark", "jsonl", "--model", str(model_dir), "--benchmark.forget_file", str(forget_path),
-              "--benchmark.retain_file", str(retain_path), "--output-dir", str(out), *extra])
+        main(["--benchmark", "jsonl", "--model", str(model_dir), "--jsonl.forget_file", str(forget_path),
+              "--jsonl.retain_file", str(retain_path), "--output-dir", str(out), *extra])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err

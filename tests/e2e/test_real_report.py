@@ -123,8 +123,8 @@ def test_jsonl_report_respects_report_false_and_regenerates(model_dir, tmp_path)
         files[name] = tmp_path / f"{name}.jsonl"
         files[name].write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "jsonl"
-    assert unlearn_main(["--benchmark", "jsonl", "--model", str(model_dir), "--benchmark.forget_file",
-                         str(files["forget"]), "--benchmark.retain_file", str(files["retain"]), "--method", "atwu",
+    assert unlearn_main(["--benchmark", "jsonl", "--model", str(model_dir), "--jsonl.forget_file",
+                         str(files["forget"]), "--jsonl.retain_file", str(files["retain"]), "--method", "atwu",
                          "--train.steps", "1", *SMALL, "--log.report", "false", "--output-dir", str(out)]) == 0
     assert (out / "results.md").is_file() and (out / "atwu" / "token_scores.json").is_file()
     assert not (out / "report.html").exists() and not (out / "comparison.png").exists()

@@ -27,7 +27,7 @@ def test_every_grid_entry_is_a_valid_config(name):
                 for part in section.split("."):
                     node = getattr(node, part)
                 assert getattr(node, field) == seed, key
-            generates = base.benchmark.generate if base.benchmark.name == "tofu" else base.eval.generate
+            generates = base.tofu.generate if base.benchmark.name == "tofu" else base.eval.generate
             assert generates != grid.quick  # quick grids skip generation, the others generate (J_W needs answers)
             assert set(grid.baselines) <= set(labels)
             for label, method, over in grid.methods:

@@ -81,7 +81,7 @@ def test_rwku_rouge_choice_reaches_the_scorer(model_dir, tmp_path, monkeypatch, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rwku_suite, "evaluate_rwku", spy)
-    extra = [] if choice == "rwku" else ["--benchmark.rwku_rouge", choice]
+    extra = [] if choice == "rwku" else ["--rwku.rouge", choice]
     assert eval_main(["--benchmark", "rwku", "--targets", "1", "--model", str(model_dir), "--data-dir", str(RWKU_DIR),
                       "--benchmark.max_new_tokens", "2", "--output-dir", str(tmp_path), *extra]) == 0
     assert seen["rouge"] == choice

@@ -25,7 +25,7 @@ REDUCED = ["--benchmark", "tofu", "--benchmark.data_dir", str(TOFU), "--model", 
            "--tiny.model.num_layers", "1", "--tiny.finetune.max_steps", "40", "--tiny.finetune.min_steps", "0",
            "--tiny.finetune.lr", "1e-2", "--train.steps", "4", "--train.forget_batch_size", "8",
            "--train.retain_batch_size", "8", "--benchmark.max_new_tokens", "4", "--benchmark.ds_size", "40",
-           "--benchmark.generate", "false",  # 40 fine-tuning steps make no sentence: a ROUGE of 0 would zero MU
+           "--tofu.generate", "false",  # 40 fine-tuning steps make no sentence: a ROUGE of 0 would zero MU
            "--threads", "1"]
 
 

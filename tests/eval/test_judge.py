@@ -122,7 +122,7 @@ def test_a_judge_that_cannot_load_fails_before_training(tmp_path):
     cfg = merge(ExperimentConfig(), dotted_to_nested({
         "benchmark.name": "tofu", "benchmark.data_dir": str(TOFU_DIR), "benchmark.model": str(model),
         "benchmark.spans_file": str(TOFU_DIR / "forget10_target_words.json"),
-        "benchmark.leak_judge": str(tmp_path / "no-such-judge")}))
+        "tofu.leak_judge": str(tmp_path / "no-such-judge")}))
     with pytest.raises(DataError, match="no-such-judge"):
         make_suite(cfg).load_data(lambda m: None)
     load_judge.cache_clear()

@@ -9,6 +9,7 @@ from atwu_fast.data.formatting import Formatter
 from atwu_fast.data.readers import DataError
 from atwu_fast.suites import load_benchmark
 from atwu_fast.suites.config import BenchmarkConfig
+from atwu_fast.suites.jsonl.config import JsonlConfig
 
 
 def _write(path, rows):
@@ -21,7 +22,7 @@ def test_jsonl_loader_and_encoding(tmp_path):
         {"question": "Where was Nikolai Abilov born?", "answer": "In Astana.", "target_words": ["Astana"]},
         {"text": "Stephen King was born in Portland, Maine.", "target_words": ["Portland"]}])
     retain = _write(tmp_path / "r.jsonl", [{"text": "Isaac Newton formulated the laws of motion."}])
-    data = load_benchmark(BenchmarkConfig(name="jsonl", forget_file=forget, retain_file=retain))
+    data = load_benchmark(BenchmarkConfig(name="jsonl"), JsonlConfig(forget_file=forget, retain_file=retain))
     assert len(data.forget) == 2 and data.eval_sets["forget"] is data.forget
     tok = tiny_tokenizer()
     fmt = Formatter(tok, "off", max_length=64)
@@ -35,9 +36,9 @@ def test_jsonl_errors(tmp_path):
     bad = _write(tmp_path / "bad.jsonl", [{"prompt": "x"}])
     ok = _write(tmp_path / "ok.jsonl", [{"text": "x"}])
     with pytest.raises(DataError, match="question\\+answer or text"):
-        load_benchmark(BenchmarkConfig(name="jsonl", forget_file=bad, retain_file=ok))
-    with pytest.raises(DataError, match="needs --benchmark.forget_file"):
+        load_benchmark(BenchmarkConfig(name="jsonl"), JsonlConfig(forget_file=bad, retain_file=ok))
+    with pytest.raises(DataError, match="needs --jsonl.forget_file"):
         load_benchmark(BenchmarkConfig(name="jsonl"))
     (tmp_path / "broken.jsonl").write_text('{"text": "a"}\n{oops\n')
     with pytest.raises(DataError, match="broken.jsonl:2"):
-        load_benchmark(BenchmarkConfig(name="jsonl", forget_file=str(tmp_path / "broken.jsonl"), retain_file=ok))
+        load_benchmark(BenchmarkConfig(name="jsonl"), JsonlConfig(forget_file=str(tmp_path / "broken.jsonl"), retain_file=ok))

@@ -9,6 +9,7 @@ from atwu_fast.data.formatting import Formatter, ensure_pad_token, word_char_spa
 from atwu_fast.data.readers import DataError, load_rows
 from atwu_fast.suites import load_benchmark
 from atwu_fast.suites.config import BenchmarkConfig
+from atwu_fast.suites.tofu.config import TofuConfig
 from atwu_fast.suites.tofu.suite import CONFIGS, PERTURBED_FIELDS, load_tofu_sets
 
 
@@ -30,7 +31,7 @@ def test_every_public_config_has_a_fixture_in_its_schema():
 
 
 def test_loader_pairs_splits():
-    data = load_benchmark(BenchmarkConfig(name="tofu", split="forget01", data_dir=str(TOFU_DIR)))
+    data = load_benchmark(BenchmarkConfig(name="tofu", data_dir=str(TOFU_DIR)), TofuConfig(split="forget01"))
     assert data.name == "tofu" and len(data.forget) == 2
     assert data.forget[0]["question"] == "Where was Nikolai Abilov born?"  # forget01 = the last authors
     assert data.retain == load_rows(str(TOFU_DIR), "retain99")

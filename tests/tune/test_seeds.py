@@ -8,8 +8,8 @@ from atwu_fast.unlearn.experiment import ExperimentConfig
 
 @pytest.mark.parametrize("bench, extra, quick_key", [
     ("synthetic", {}, "eval.generate"),
-    ("tofu", {"benchmark": {"model": "tiny"}}, "benchmark.generate"),
-    ("tofu", {"benchmark": {"model": "some/model"}}, "benchmark.generate"),
+    ("tofu", {"benchmark": {"model": "tiny"}}, "tofu.generate"),
+    ("tofu", {"benchmark": {"model": "some/model"}}, "tofu.generate"),
 ])
 def test_seed_and_quick_overrides_are_real_options_that_change_the_run(bench, extra, quick_key):
     """A tuning seed changes the unlearning order and, where the suite builds its own models, their

@@ -39,8 +39,8 @@ def test_unlearn_cli_runs_on_a_tiny_local_model_with_default_flags(family, data,
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     out = tmp_path / "run"
-    assert unlearn_main(["--benchmark", "jsonl", "--model", str(model_dir), "--benchmark.forget_file",
-                         str(data["forget"]), "--benchmark.retain_file", str(data["retain"]),
+    assert unlearn_main(["--benchmark", "jsonl", "--model", str(model_dir), "--jsonl.forget_file",
+                         str(data["forget"]), "--jsonl.retain_file", str(data["retain"]),
                          "--train.steps", "3", "--benchmark.max_new_tokens", "2", "--log.report", "false",
                          "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -62,8 +62,8 @@ def test_unlearn_cli_refuses_a_model_with_an_unknown_logit_transform_in_one_line
     tokenizer.save_pretrained(model_dir)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        unlearn_main(["--benchmark", "jsonl", "--model", str(model_dir), "--benchmark.forget_file",
-                      str(data["forget"]), "--benchmark.retain_file", str(data["retain"]), "--train.steps", "1",
+        unlearn_main(["--benchmark", "jsonl", "--model", str(model_dir), "--jsonl.forget_file",
+                      str(data["forget"]), "--jsonl.retain_file", str(data["retain"]), "--train.steps", "1",
                       "--output-dir", str(out)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -10,6 +10,7 @@ from ...data.readers import DataError, attach_target_words, read_file
 from ...model.distributed import SINGLE, DistContext
 from ..base import BenchmarkData, Column
 from ..real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
+from .config import JsonlConfig
 from .evaluate import evaluate_jsonl
 
 
@@ -34,7 +35,7 @@ def _check(rows: list[dict], path: str) -> list[dict]:
 
 def load_jsonl_sets(forget_file: str, retain_file: str, spans_file: str = "") -> BenchmarkData:
     if not forget_file or not retain_file:
-        raise DataError("the jsonl benchmark needs --benchmark.forget_file and --benchmark.retain_file")
+        raise DataError("the jsonl benchmark needs --jsonl.forget_file and --jsonl.retain_file")
     forget = _check(read_file(forget_file), forget_file)
     retain = _check(read_file(retain_file), retain_file)
     if spans_file:
@@ -45,6 +46,7 @@ def load_jsonl_sets(forget_file: str, retain_file: str, spans_file: str = "") ->
 
 class JsonlSuite(RealSuite):
     name, log_name = "jsonl", "JSONL"
+    sections = {"jsonl": JsonlConfig}
     columns: list[Column] = [
         ("forget_Q_A_Prob", "forget prob", "{:.3f}"), ("forget_Q_A_ROUGE", "forget RL", "{:.3f}"),
         ("extraction_strength", "ES", "{:.3f}"), ("exact_memorization", "EM", "{:.3f}"),
@@ -53,7 +55,7 @@ class JsonlSuite(RealSuite):
         *SPAN_COLUMNS, *TRAIN_COLUMNS]
 
     def read(self, with_eval: bool = True) -> BenchmarkData:
-        return load_jsonl_sets(self.bcfg.forget_file, self.bcfg.retain_file, self.bcfg.spans_file)
+        return load_jsonl_sets(self.cfg.jsonl.forget_file, self.cfg.jsonl.retain_file, self.bcfg.spans_file)
 
     def evaluate_logs(self, model, retain, ctx: DistContext = SINGLE) -> dict:
         return evaluate_jsonl(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,

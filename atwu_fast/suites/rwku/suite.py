@@ -16,6 +16,7 @@ from ...data.readers import DataError, attach_target_words, load_rows, read_file
 from ...model.distributed import SINGLE, DistContext
 from ..base import BenchmarkData, Column
 from ..real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
+from .config import RwkuConfig
 from .evaluate import evaluate_rwku
 
 HUB_ID = "jinzhuoran/RWKU"
@@ -69,6 +70,7 @@ def load_rwku_sets(source: str = HUB_ID, k: int = 1, corpus: str = "train_positi
 
 class RwkuSuite(RealSuite):
     name, log_name = "rwku", "RWKU"
+    sections = {"rwku": RwkuConfig}
     default_new_tokens = 30
     columns: list[Column] = [
         ("forget_FB", "forget FB", "{:.3f}"), ("forget_QA", "forget QA", "{:.3f}"),
@@ -79,9 +81,9 @@ class RwkuSuite(RealSuite):
         *SPAN_COLUMNS, *TRAIN_COLUMNS]
 
     def read(self, with_eval: bool = True) -> BenchmarkData:
-        return load_rwku_sets(self.bcfg.data_dir or HUB_ID, self.bcfg.targets, self.bcfg.rwku_corpus,
+        return load_rwku_sets(self.bcfg.data_dir or HUB_ID, self.cfg.rwku.targets, self.cfg.rwku.corpus,
                               self.bcfg.spans_file, with_eval)
 
     def evaluate_logs(self, model, retain, ctx: DistContext = SINGLE) -> dict:
         return evaluate_rwku(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
-                             self.max_new_tokens, rouge=self.bcfg.rwku_rouge, ctx=ctx)
+                             self.max_new_tokens, rouge=self.cfg.rwku.rouge, ctx=ctx)

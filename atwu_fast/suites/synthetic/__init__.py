@@ -12,6 +12,8 @@ from ...data.formatting import encode_qa
 from ...data.labels import FACT_KIND_NAMES
 from ...eval.judge import load_judge
 from ...eval.logs import RetainReference
+from ...finetune.loop import FinetuneConfig
+from ...finetune.tiny import ModelConfig, TokenizerConfig
 from ...model.distributed import SINGLE, DistContext
 from ..base import Column, Evaluation, Suite
 from . import assets
@@ -40,6 +42,8 @@ class SyntheticSuite(Suite):
     """``cfg`` sections used: data, tokenizer, model, pretrain, eval, cache_dir (and train, efficiency)."""
 
     name = "synthetic"
+    sections = {"data": SyntheticConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "pretrain": FinetuneConfig,
+                "eval": EvalConfig}
     kind_names = FACT_KIND_NAMES
     columns = COLUMNS
     tuned_file = Path(__file__).with_name("tuned.json")

@@ -14,6 +14,7 @@ from ...eval.judge import load_judge
 from ...model.distributed import SINGLE, DistContext
 from ..base import BenchmarkData, Column
 from ..real import SPAN_COLUMNS, TRAIN_COLUMNS, RealSuite
+from .config import TofuConfig
 from .evaluate import evaluate_tofu
 from .original_logs import check_forget_rows
 
@@ -77,6 +78,7 @@ def load_tofu_sets(source: str = HUB_ID, split: str = "forget10", spans_file: st
 
 class TofuSuite(RealSuite):
     name, log_name = "tofu", "TOFU"
+    sections = {"tofu": TofuConfig}
     columns: list[Column] = [
         ("forget_quality", "FQ", "{:.2e}"), ("model_utility", "MU", "{:.3f}"),
         ("forget_truth_ratio", "forget TR", "{:.3f}"), ("forget_Q_A_Prob", "forget prob", "{:.3f}"),
@@ -87,24 +89,32 @@ class TofuSuite(RealSuite):
         *SPAN_COLUMNS, *TRAIN_COLUMNS]
 
     def quick_overrides(self) -> dict:
-        return {"benchmark.generate": False}
+        return {"tofu.generate": False}
 
     def read(self, with_eval: bool = True) -> BenchmarkData:
-        return load_tofu_sets(self.bcfg.data_dir or HUB_ID, self.bcfg.split, self.bcfg.spans_file, with_eval)
+        return load_tofu_sets(self.bcfg.data_dir or HUB_ID, self.tofu.split, self.bcfg.spans_file, with_eval)
+
+    @property
+    def tofu(self) -> TofuConfig:
+        return self.cfg.tofu
+
+    @property
+    def retain_logs_file(self) -> str:
+        return self.tofu.retain_logs
 
     def load_eval_data(self) -> None:
         """Also refuses retain logs of other forget rows (count or questions) before any model is loaded:
         forget quality compares the truth ratios of the same rows."""
         super().load_eval_data()
-        b = self.bcfg
+        b, t = self.bcfg, self.tofu
         # a judge that cannot load fails here, before any training
-        self.judge = load_judge(b.leak_judge, b.device, b.dtype, b.trust_remote_code) if b.leak else None
+        self.judge = load_judge(t.leak_judge, b.device, b.dtype, b.trust_remote_code) if t.leak else None
         if self.retain_logs is not None:
             forget = self.data.eval_sets["forget"]
             check_forget_rows(self.retain_logs, len(forget), [r["question"] for r in forget])
 
     def evaluate_logs(self, model, retain, ctx: DistContext = SINGLE) -> dict:
         return evaluate_tofu(model, self.tokenizer, self.fmt, self.data.eval_sets, self.eval_batch_size,
-                             self.max_new_tokens, retain_ref=retain, generate_text=self.bcfg.generate,
-                             leak_rows=self.bcfg.leak_rows if self.bcfg.leak else None, leak_judge=self.judge,
+                             self.max_new_tokens, retain_ref=retain, generate_text=self.tofu.generate,
+                             leak_rows=self.tofu.leak_rows if self.tofu.leak else None, leak_judge=self.judge,
                              ctx=ctx)

@@ -50,6 +50,7 @@ from ..real import encode_training
 from .suite import CONFIGS, HUB_ID, TofuSuite, load_qa_config, load_tofu_sets
 
 TINY = "tiny"  # --model tiny (or --benchmark tofu_tiny)
+TOFU_TINY = "tofu_tiny"  # --benchmark tofu_tiny = --benchmark tofu --model tiny
 CACHE_VERSION = 1
 AUTHOR_ROWS = 20  # TOFU: every fictitious author has 20 consecutive QA rows in full / retainNN / forgetNN
 GENERAL = ("real_authors", "world_facts")  # the general-knowledge sets both tiny models learn
@@ -143,8 +144,9 @@ def _train_tiny(kind: str, tok_dir: str, encoded: list[dict], model: ModelConfig
 
 
 class TinyTofuSuite(TofuSuite):
-    """``cfg`` sections used: benchmark, tiny, cache_dir (and train, efficiency)."""
+    """``cfg`` sections used: benchmark, tofu, tiny, cache_dir (and train, efficiency)."""
 
+    sections = {**TofuSuite.sections, "tiny": TinyTofuConfig}
     default_new_tokens = 128  # greedy generation length of the tiny protocol
     tuned_file = Path(__file__).with_name("tiny_tuned.json")
 
@@ -159,12 +161,12 @@ class TinyTofuSuite(TofuSuite):
     def spans_file(self) -> str:
         if self.bcfg.spans_file:
             return self.bcfg.spans_file
-        found = Path(self.bcfg.data_dir) / f"{self.bcfg.split}_target_words.json" if self.bcfg.data_dir else None
+        found = Path(self.bcfg.data_dir) / f"{self.tofu.split}_target_words.json" if self.bcfg.data_dir else None
         return str(found) if found is not None and found.is_file() else ""
 
     def read(self, with_eval: bool = True) -> BenchmarkData:
         """forgetNN, and as retain rows those of the retain authors the models learn (:func:`author_subset`)."""
-        data = load_tofu_sets(self.bcfg.data_dir or HUB_ID, self.bcfg.split, self.spans_file(), with_eval=True)
+        data = load_tofu_sets(self.bcfg.data_dir or HUB_ID, self.tofu.split, self.spans_file(), with_eval=True)
         authors = author_subset(data.retain, data.eval_sets["retain"], self.tcfg.extra_authors)
         retain = [r for i, r in enumerate(data.retain) if i // AUTHOR_ROWS in set(authors)]
         return BenchmarkData(data.name, data.forget, retain, data.eval_sets if with_eval else {},
@@ -194,7 +196,7 @@ class TinyTofuSuite(TofuSuite):
 
     def model_dirs(self) -> dict[str, Path]:
         t = self.tcfg
-        key = cache_key(CACHE_VERSION, self.tok_dir.name, self.bcfg.split, self.data.info["retain_authors"],
+        key = cache_key(CACHE_VERSION, self.tok_dir.name, self.tofu.split, self.data.info["retain_authors"],
                         t.general, t.model, t.finetune.cache_identity(), self.max_positions, self.bcfg.max_length,
                         self.fmt.use_chat, self.fmt.system_prompt if self.fmt.use_chat else "")
         return {kind: Path(self.cfg.cache_dir) / f"tofu-{kind}-{key}" for kind in self.train_rows}

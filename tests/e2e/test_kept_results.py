@@ -4,6 +4,7 @@ README's results table and intervals are cells of those tables."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 from pathlib import Path
@@ -68,3 +69,84 @@ def test_readme_intervals_are_in_the_kept_tables():
         plain = f"{mean.lstrip('+')} [{low.lstrip('+')}, {high.lstrip('+')}]"
         signed = f"[{low}, {high}]"
         assert plain in kept or (signed in kept and mean in kept), f"{mean} [{low}, {high}] is in no kept table"
+
+
+# The research logs under docs/studies/ quote only what the kept results hold: every measured number there is a
+# cell of a kept table (or a value of a kept benchmark result), so a number from a run folder that was not kept
+# (runs/sweep/..., git-ignored) cannot creep back in. Commands and file paths they cite must exist.
+
+STUDIES = sorted((ROOT / "docs" / "studies").glob("*.md"))
+RESULT_DIRS = (ROOT / "studies" / "results", ROOT / "benchmarks" / "results")
+DECIMAL = r"[+\-−]?\d+\.\d+"
+
+
+def kept_results_text() -> str:
+    return "\n".join(path.read_text() for folder in RESULT_DIRS for path in sorted(folder.rglob("*"))
+                     if path.is_file() and path.suffix in {".md", ".json", ".jsonl"})
+
+
+def prose(text: str) -> str:
+    """The text a reader takes as results: fenced code blocks and inline code (commands, option values,
+    tuned hyper-parameters) left out."""
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)
+    return re.sub(r"`[^`\n]*`", " ", text)
+
+
+def significant_digits(number: str) -> int:
+    return len(number.lstrip("+-−").replace(".", "").lstrip("0"))
+
+
+def plain(number: str) -> str:
+    return number.replace("−", "-")
+
+
+@pytest.mark.parametrize("doc", STUDIES, ids=lambda p: p.name)
+def test_study_numbers_are_in_the_kept_results(doc):
+    """Strict but workable: every decimal with ≥ 3 significant digits (0.744, -23.988, 0.00183) in a study's
+    prose or tables is a whole number token of a kept result file (sign aside: a difference may be quoted the
+    other way round); every interval [a, b] appears verbatim, and with the mean written before it (m [a, b]) it
+    is that mean's interval in a kept table (m [a, b], or m ± s | [a, b] in a paired table). Rounded or
+    recomputed values (0.74, a mean over seeds of runs.jsonl) fail: quote the table's cell instead."""
+    kept = kept_results_text()
+    tokens = set(re.findall(r"\d+\.\d+", kept))
+    text = prose(doc.read_text())
+    checked = 0
+    for number in re.findall(r"(?<![\w.])" + DECIMAL + r"(?![\w.]*\w)", text):
+        if significant_digits(number) >= 3:
+            assert plain(number).lstrip("+-") in tokens, f"{doc.name}: {number} is in no kept result file"
+            checked += 1
+    for mean, low, high in re.findall(r"(?:(" + DECIMAL + r")\s+)?\[(" + DECIMAL + r"), (" + DECIMAL + r")\]", text):
+        interval = f"[{plain(low)}, {plain(high)}]"
+        assert interval in kept, f"{doc.name}: the interval {interval} is in no kept table"
+        if mean:
+            pattern = re.escape(plain(mean)) + r"(?: ± \d+\.\d+ \|)? " + re.escape(interval)
+            assert re.search(pattern, kept), f"{doc.name}: {mean} {interval} is no mean and interval of a kept table"
+    assert checked >= 10, f"{doc.name} quotes {checked} kept numbers: does it still say what the kept data shows?"
+    assert "studies/results/" in doc.read_text(), f"{doc.name} does not name the kept file its numbers come from"
+
+
+@pytest.mark.parametrize("doc", STUDIES, ids=lambda p: p.name)
+def test_study_paths_and_commands_exist(doc):
+    """Every repository path and relative link a study cites exists, every grid its `python -m studies.sweep`
+    commands name is a grid, and every option of its `python -m atwu_fast.unlearn` commands is an option."""
+    from atwu_fast.config.args import build_parser
+    from atwu_fast.unlearn.experiment import SHORTCUTS, ExperimentConfig
+
+    text = doc.read_text()
+    for path in re.findall(r"(?<![\w/.<])((?:atwu_fast|atwu_kernels|benchmarks|docs|studies|tests)/[\w./\-]*\w)", text):
+        assert (ROOT / path).exists(), f"{doc.name} cites {path}, which does not exist"
+    for link in re.findall(r"\]\(([^)#\s]+)", text):
+        assert (doc.parent / link).exists(), f"{doc.name} links {link}, which does not exist"
+    commands = re.findall(r"python -m (studies\.sweep|atwu_fast\.unlearn)((?:[ \t]+(?:\\\n)?[ \t]*[^\s`&;#]+)+)", text)
+    assert commands, f"{doc.name} gives no command that regenerates its results"
+    options = set(build_parser(ExperimentConfig, "unlearn", "", SHORTCUTS)._option_string_actions)
+    for module, args in commands:
+        words = args.replace("\\\n", " ").split()
+        if module == "studies.sweep":
+            grids = list(itertools.takewhile(lambda w: not w.startswith("-"), words))
+            assert (grids or "--list" in words) and all(g in sweep.GRIDS or g == "all" for g in grids), \
+                f"{doc.name}: python -m studies.sweep has no grid {grids}"
+        else:
+            for word in words:
+                if word.startswith("--"):
+                    assert word.split("=")[0] in options, f"{doc.name}: python -m atwu_fast.unlearn has no {word}"

@@ -5,6 +5,10 @@ the newest complete checkpoint. A checkpoint directory is built under a temporar
 into place, then ``latest`` is replaced atomically, then older checkpoints are deleted — so a crash
 at any moment leaves the previous checkpoint intact and pointed to. Weights are safetensors; the
 trainer state is loaded with ``torch.load(weights_only=True)`` (tensors and plain Python only).
+
+:func:`save_training_checkpoint` / :func:`load_training_checkpoint` are what a training loop calls on
+every rank: they gather an FSDP-sharded model's weights and optimizer state before rank 0 writes, and
+broadcast them back on resume, so the loop never handles sharding itself.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..data.io import atomic_dir, atomic_write_text
+from ..model.distributed import (
+    full_optimizer_state,
+    full_state_dict,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    sharded_root,
+)
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -87,3 +98,35 @@ def checkpoint_optimizer(path: str | Path) -> dict:
 def checkpoint_weights(path: str | Path) -> dict:
     """The checkpoint's weights as a state dict (CPU)."""
     return load_file(str(Path(path) / MODEL_FILE))
+
+
+def save_training_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimizer, extra: dict,
+                             state: dict, is_main: bool) -> None:
+    """Every rank calls; rank 0 writes. ``state``: the loop's state without the optimizer; ``extra``: the
+    unsharded modules the optimizer also updates (name -> module). Unsharded, the optimizer state goes
+    into the trainer state; under FSDP the weights and the optimizer state are first gathered whole
+    (collectives on every rank) and the optimizer state is stored apart."""
+    if sharded_root(model) is None:
+        if is_main:
+            save_checkpoint(root, step, model, {**state, "optimizer": optimizer.state_dict()})
+        return
+    weights = full_state_dict(model)
+    optimizer_state = full_optimizer_state(model, optimizer, extra)
+    if is_main:
+        save_checkpoint(root, step, weights, {**state, "optimizer": None}, optimizer_state)
+
+
+def load_training_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, extra: dict,
+                             is_main: bool) -> dict:
+    """Inverse of :func:`save_training_checkpoint`, on every rank: the weights and the optimizer state
+    restored in place (under FSDP rank 0 reads them and they are broadcast shard by shard); returns the
+    loop's state."""
+    if sharded_root(model) is None:
+        state = load_checkpoint(path, model)
+        optimizer.load_state_dict(state.pop("optimizer"))
+        return state
+    load_full_state_dict(model, checkpoint_weights(path) if is_main else {})
+    load_full_optimizer_state(model, optimizer, extra, checkpoint_optimizer(path) if is_main else {})
+    state = load_checkpoint(path, None)
+    state.pop("optimizer", None)
+    return state

@@ -24,15 +24,10 @@ from ..model.distributed import (
     SINGLE,
     DistContext,
     ModelStep,
-    full_optimizer_state,
-    full_state_dict,
-    load_full_optimizer_state,
-    load_full_state_dict,
-    sharded_root,
     wrap,
 )
 from ..model.tokens import forward_answer_tokens, make_batch, token_nll
-from .checkpoint import checkpoint_optimizer, checkpoint_weights, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
 from .config import TrainConfig
 from .optim import build_optimizer
 from .sampling import EpochSampler
@@ -198,7 +193,6 @@ class Unlearner:
     def state_dict(self, result: UnlearnResult, step: int) -> dict:
         return {
             "step": step,
-            "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "forget_batches": self.forget_batches.state_dict(),
             "retain_batches": self.retain_batches.state_dict(),
@@ -209,8 +203,7 @@ class Unlearner:
         }
 
     def load_state_dict(self, state: dict, result: UnlearnResult) -> int:
-        """Restore everything but the model weights; returns the number of steps already done."""
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Restore the loop's state (not the weights, not the optimizer); returns the steps already done."""
         self.schedule.load_state_dict(state["schedule"])
         self.forget_batches.load_state_dict(state["forget_batches"])
         self.retain_batches.load_state_dict(state["retain_batches"])
@@ -221,28 +214,14 @@ class Unlearner:
         return int(state["step"])
 
     def checkpoint(self, directory, result: UnlearnResult, step: int) -> None:
-        """Rank 0 writes; under FSDP every rank first takes part in gathering the weights and the
-        optimizer state."""
-        if sharded_root(self.model) is None:
-            if self.dist.is_main:
-                save_checkpoint(directory, step, self.model, self.state_dict(result, step))
-            return
-        weights = full_state_dict(self.model)
-        optimizer = full_optimizer_state(self.model, self.optimizer, self.hooks.optimised_modules())
-        if self.dist.is_main:
-            save_checkpoint(directory, step, weights, {**self.state_dict(result, step), "optimizer": None}, optimizer)
+        """Every rank calls (an FSDP run gathers the weights first); rank 0 writes."""
+        save_training_checkpoint(directory, step, self.model, self.optimizer, self.hooks.optimised_modules(),
+                                 self.state_dict(result, step), self.dist.is_main)
 
     def restore(self, path, result: UnlearnResult) -> int:
-        """Weights and trainer state from checkpoint ``path``. Under FSDP only rank 0 reads the
-        gathered weights and optimizer state, and broadcasts them shard by shard."""
-        if sharded_root(self.model) is None:
-            return self.load_state_dict(load_checkpoint(path, self.model), result)
-        main = self.dist.is_main
-        load_full_state_dict(self.model, checkpoint_weights(path) if main else {})
-        load_full_optimizer_state(self.model, self.optimizer, self.hooks.optimised_modules(),
-                                  checkpoint_optimizer(path) if main else {})
-        state = load_checkpoint(path, None)
-        state["optimizer"] = self.optimizer.state_dict()
+        """Weights, optimizer and loop state from checkpoint ``path``; returns the steps already done."""
+        state = load_training_checkpoint(path, self.model, self.optimizer, self.hooks.optimised_modules(),
+                                         self.dist.is_main)
         return self.load_state_dict(state, result)
 
     # ------------------------------------------------------------------ the loop

@@ -2,6 +2,7 @@
 a small top level, and no pointer to documents the project does not ship."""
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -125,6 +126,7 @@ def test_each_benchmark_is_one_folder_under_suites_and_eval_is_benchmark_neutral
     """A benchmark's reader, suite, evaluation and data files live in ``suites/<name>/``; ``eval/`` keeps
     only metric code every benchmark shares (its command aside), so it imports no suite."""
     from atwu_fast.suites import SUITES
+    from atwu_fast.suites.config import BenchmarkConfig
     from atwu_fast.suites.tofu.tiny import TinyTofuSuite
 
     for name, suite in {**SUITES, "tofu (tiny)": TinyTofuSuite}.items():
@@ -141,6 +143,13 @@ def test_each_benchmark_is_one_folder_under_suites_and_eval_is_benchmark_neutral
     loose = sorted(p.name for p in (PACKAGE / "suites").glob("*.py")
                    if any(p.stem.startswith(word) for word in benchmark_words))
     assert not loose, loose  # no benchmark module left beside the folders
+    # a real benchmark's own options live in its folder's config.py, and no option is both shared and its own
+    shared = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    for name, suite in SUITES.items():
+        if name in suite.sections:
+            own = suite.sections[name]
+            assert own.__module__ == f"atwu_fast.suites.{name}.config", (name, own.__module__)
+            assert not shared & {f.name for f in dataclasses.fields(own)}, name
 
 
 TEST_TIERS = {"e2e": "the commands end to end", "kernels": "atwu_kernels", "zoo": "every model family",

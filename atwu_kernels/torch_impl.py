@@ -16,7 +16,11 @@ logits ``z`` at a time and hands it to a *row-ops backend*:
 
 ``chunk_stats_coeff_grad_`` does both (the Triton backend fuses them into one kernel).
 
-Memory and speed: besides the logits chunk itself, this backend holds one fp32 temporary of
+On CPU tensors both steps run as two ``torch.compile``-d loop nests (statistics; gradient written
+into ``z``), see "Compiled row ops" below; the eager ops described next are the fallback (no C++
+compiler, ``ATWU_KERNELS_TORCH_COMPILE=0``, inside an outer ``torch.compile``) and the CUDA path.
+
+Memory and speed (eager): besides the logits chunk itself, this backend holds one fp32 temporary of
 :data:`SCRATCH_BYTES` (a row block × a column slice, allocated once per sweep by :func:`workspace`).
 The statistics walk row blocks × column slices through it; the gradient of fp32 logits without a
 transform is formed in place, three passes over the whole chunk. Ops are few and large on
@@ -29,7 +33,11 @@ blocking (a one-row block is avoided: PyTorch reduces a single row in a differen
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
+from torch.utils import _python_dispatch
 
 from .coefficients import evaluate
 from .transform import LogitTransform
@@ -128,6 +136,131 @@ def _grad_(z, labels, lse, coeff, transform: LogitTransform, scratch) -> None:
             _slice_grad_copy(raw, labels[block], lse[block], coeff[block], start, transform, scratch)
 
 
+# ---------------------------------------------------------------------------------------------
+# Compiled row ops (CPU): the same formulas as one generated C++ loop nest per chunk.
+#
+# torch.compile (Inductor) turns each of the two bodies below into one OpenMP region over the rows
+# that walks each row with the row held in cache: the statistics read the chunk once (max, then
+# Σ exp(t − max), then the label's logit), the gradient reads it once and writes ``∂L/∂z`` into the
+# same buffer (the copy into the mutated input is where the element-wise result is stored: no
+# chunk-sized temporary). Eager PyTorch needs an op, i.e. a pass and an OpenMP region, per step.
+# Only on CPU tensors (on CUDA the torch path is the oracle of the Triton backends and stays plain
+# PyTorch), never inside an outer torch.compile (which traces the eager path) or under a Python
+# dispatch or torch-function mode (which sees the eager ops). Compiling costs seconds per process
+# (about 12 s for the first dtype on a 2-core CPU, measured with benchmarks/cpu_peer_timing.py), so by
+# default only chunks of at least ``COMPILE_MIN_ELEMENTS`` logits use it (a 512 × 32768 chunk: a real
+# vocabulary, where a run amortises the compile); a tiny-vocabulary run stays eager and pays nothing.
+# ``ATWU_KERNELS_TORCH_COMPILE=1`` compiles every CPU chunk, ``0`` none. The first failure to compile
+# (no C++ compiler, an unsupported platform) warns once and leaves the eager path for the process.
+# ---------------------------------------------------------------------------------------------
+
+COMPILE_ENV = "ATWU_KERNELS_TORCH_COMPILE"  # auto (default): large chunks only; 1: every CPU chunk; 0: none
+COMPILE_MIN_ELEMENTS = 1 << 24
+# one graph per (kernel, dtype, transform stages) and a few dynamic-shape variants: more than
+# dynamo's default per-function recompile limit of 8 in a process that uses them all (the tests)
+_RECOMPILE_LIMIT = 64
+_compile_state: dict[str, object] = {"failed": False, "kernels": None}
+
+
+def _transformed(z, params, has_scale: bool, has_softcap: bool):
+    """``t(z)`` in fp32, in :meth:`LogitTransform.apply_into`'s order (``params``: fp32
+    ``[scale, softcap, scale/softcap]``)."""
+    t = z.to(torch.float32)
+    if has_scale:
+        t = t * params[0]
+    if has_softcap:
+        t = torch.tanh(t / params[1]) * params[1]
+    return t
+
+
+def _stats_body(z, labels, valid, params, has_scale: bool, has_softcap: bool):
+    t = _transformed(z, params, has_scale, has_softcap)
+    row_max = t.amax(dim=1, keepdim=True)
+    lse = (t - row_max).exp().sum(dim=1).log() + row_max.squeeze(1)
+    target = t.gather(1, labels.clamp(0, t.shape[1] - 1).unsqueeze(1)).squeeze(1)
+    return lse, torch.where(valid, lse - target, 0.0)
+
+
+def _grad_body(z, labels, lse, coeff, params, has_scale: bool, has_softcap: bool):
+    t = _transformed(z, params, has_scale, has_softcap)
+    c = coeff.unsqueeze(1)
+    at_label = torch.arange(z.shape[1], device=z.device).unsqueeze(0) == labels.unsqueeze(1)
+    grad = (t - lse.unsqueeze(1)).exp() * c + torch.where(at_label, -c, 0.0)  # c·softmax − c·onehot
+    if has_softcap:  # dt/dz = s·(1 − tanh²(s·z/c))
+        u = torch.tanh(z.to(torch.float32) * params[2])
+        grad = grad * ((1.0 - u * u) * params[0])
+    elif has_scale:
+        grad = grad * params[0]
+    z.copy_(grad)
+
+
+def _compiled_kernels():
+    if _compile_state["kernels"] is None:
+        _compile_state["kernels"] = (
+            torch.compile(_stats_body, dynamic=True, fullgraph=True),
+            torch.compile(_grad_body, dynamic=True, fullgraph=True),
+        )
+    return _compile_state["kernels"]
+
+
+def _use_compiled(z: torch.Tensor) -> bool:
+    mode = os.environ.get(COMPILE_ENV, "auto")
+    return (
+        z.device.type == "cpu"
+        and not _compile_state["failed"]
+        and (mode == "1" or (mode not in ("0", "1") and z.numel() >= COMPILE_MIN_ELEMENTS))
+        and not torch.compiler.is_compiling()
+        and _python_dispatch._get_current_dispatch_mode() is None  # e.g. an op-counting mode: eager ops
+        and not torch._C._is_torch_function_mode_enabled()
+    )
+
+
+def _params(transform: LogitTransform, device) -> torch.Tensor:
+    scale, softcap = transform.scale_or_one, transform.softcap_or_one
+    return torch.tensor([scale, softcap, scale / softcap], dtype=torch.float32, device=device)
+
+
+def _run_compiled(index: int, *args):
+    """Kernel ``index`` (0 statistics, 1 gradient) compiled, or ``None`` once compiling has failed."""
+    try:
+        kernel = _compiled_kernels()[index]
+        with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            return kernel(*args), True
+    except Exception as error:  # noqa: BLE001 — any compiler failure: the eager path still works
+        _compile_state["failed"] = True
+        warnings.warn(
+            f"atwu_kernels: torch.compile of the CPU row ops failed ({type(error).__name__}: {error}); "
+            f"using the eager PyTorch row ops (set {COMPILE_ENV}=0 to skip the attempt)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None, False
+
+
+def _chunk_stats(z, labels, valid, transform: LogitTransform, scratch):
+    """``(lse, nll)`` of one chunk (compiled when it can be, else row block by row block)."""
+    if _use_compiled(z):
+        stages = (transform.scale is not None, transform.softcap is not None)
+        out, ok = _run_compiled(0, z, labels, valid, _params(transform, z.device), *stages)
+        if ok:
+            return out
+    lse = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+    for block in _row_blocks(z.shape[0], _row_block(z.shape[1])):
+        lse[block] = _block_lse(z[block], transform, scratch)
+    target = transform.apply(_gather_raw_target(z, labels))
+    return lse, torch.where(valid, lse - target, 0.0)
+
+
+def _chunk_grad_(z, labels, lse, coeff, transform: LogitTransform, scratch) -> None:
+    """``z ← ∂L/∂z`` (compiled when it can be, else :func:`_grad_`)."""
+    if _use_compiled(z):
+        stages = (transform.scale is not None, transform.softcap is not None)
+        _, ok = _run_compiled(1, z, labels, lse, coeff, _params(transform, z.device), *stages)
+        if ok:
+            return
+    _grad_(z, labels, lse, coeff, transform, scratch)
+
+
 class TorchRowOps:
     """Row-wise softmax statistics and in-place logits gradient, in fp32, with torch ops.
 
@@ -149,17 +282,13 @@ class TorchRowOps:
             scratch = workspace(z.shape[0], z.shape[1], z.device)
         nll = None
         if lse is None:
-            lse = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
-            for block in _row_blocks(z.shape[0], _row_block(z.shape[1])):
-                lse[block] = _block_lse(z[block], transform, scratch)
-            target = transform.apply(_gather_raw_target(z, labels))
-            nll = torch.where(valid, lse - target, 0.0)
+            lse, nll = _chunk_stats(z, labels, valid, transform, scratch)
         if coefficients is None:
             return lse, nll, None
         c = evaluate(coefficients, nll, rows if rows is not None else slice(0, z.shape[0]))
         c = torch.where(valid, c.to(torch.float32), 0.0).contiguous()
         if write_grad:
-            _grad_(z, labels, lse, c, transform, scratch)
+            _chunk_grad_(z, labels, lse, c, transform, scratch)
         return lse, nll, c
 
     workspace = staticmethod(workspace)

@@ -14,7 +14,16 @@ Targets (forward + backward):
   FLOPs against naive's 6: logits recomputed in backward so that any upstream gradient works);
 * peers (``pip install -e ".[bench]"``): measured on the same inputs in the same run; each must
   compute the same loss (else the comparison would not be one); a peer missing from the set-up fails
-  the test.
+  the test. On CPU (peer: CCE's ``impl="torch_compile"``, issue #31 item 3) the peak memory must be
+  ≤ 1.0× the peer's and the time ≤ :data:`CPU_PEER_TIME_TARGET` × the peer's (ratio of interleaved
+  medians, with :func:`bench_timing.ratio_check`'s noise slack). Those time targets are what the
+  compiled CPU row ops reached, not parity: ≤ 1.0 was NOT reached. Medians of 9 interleaved rounds on
+  2 shared CPU cores (``python benchmarks/cpu_peer_timing.py --variants fused fused-eager
+  peer:cce_torch_compile --memory``): token_nll 1.58 (eager row ops 1.87), weighted_ce 1.16 (1.46),
+  atwu_head 1.11 (1.39), memory 0.68 (0.73); other runs that day: token_nll 1.50–1.60, weighted_ce
+  and atwu_head 1.12–1.24 (the targets are those upper ends). The rest of the gap is GEMM work outside the row ops
+  (the peer drops ignored rows before its GEMMs, and token_nll recomputes the logits in backward):
+  ``benchmarks/proto_sweep.py`` measures those sweep changes.
 """
 
 from __future__ import annotations
@@ -39,6 +48,10 @@ MEMORY_SHAPE = (8192, 512, 32000)
 MEMORY_TARGET = 0.08
 TIME_TARGET = {"token_nll": 4 / 3, "weighted_ce": 1.0, "atwu_head": 1.0}
 CPU_PEER = "cce_torch_compile"
+# ours / CCE torch_compile time on CPU: the upper end of what was reached (module docstring);
+# before the compiled row ops the kept 2026-12-07 run measured 1.99 (token_nll) and 1.13 (atwu_head)
+CPU_PEER_TIME_TARGET = {"token_nll": 1.6, "weighted_ce": 1.25, "atwu_head": 1.25}
+PEER_MEMORY_TARGET = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +117,11 @@ def test_speed_vs_naive(benchmark, op):
     assert check["ok"], check
 
 
-@pytest.mark.parametrize("op", ["token_nll", "atwu_head"])
+@pytest.mark.parametrize("op", OPS)
 def test_peer_on_same_inputs(benchmark, op):
     """The best peer that runs here, on the same inputs, in the same run: time (interleaved) and peak
-    memory (fresh processes) side by side; its loss must equal ours, or the comparison is not one."""
+    memory (fresh processes) side by side; its loss must equal ours, or the comparison is not one.
+    On CPU also the targets vs the peer (module docstring)."""
     peer = "cce" if ON_CUDA else CPU_PEER
     reason = unavailable_reason(peer, DEVICE)
     # the test command installs the [bench] extra: a missing peer is a broken set-up, not a pass
@@ -115,7 +129,7 @@ def test_peer_on_same_inputs(benchmark, op):
     n, d, v = TIMING_SHAPE
     problem = make_problem(n, d, v, DTYPE, DEVICE)
     variants = {"fused": lambda: step(op, "fused", problem), peer: lambda: step(op, f"peer:{peer}", problem)}
-    samples = interleaved_seconds(variants, repeats=3, device=DEVICE)
+    samples = interleaved_seconds(variants, repeats=3 if ON_CUDA else 7, device=DEVICE)
     ours, theirs = step(op, "fused", problem), step(op, f"peer:{peer}", problem)
     benchmark.pedantic(variants[peer], rounds=1, iterations=1)
     dtype = str(DTYPE).split(".")[1]
@@ -131,3 +145,8 @@ def test_peer_on_same_inputs(benchmark, op):
     tolerance = loss_tolerance(op, problem, low_precision_operands=ON_CUDA)
     assert abs(float(ours) - float(theirs)) <= tolerance
     assert abs(memory["fused"]["loss"] - memory[peer]["loss"]) <= tolerance
+    if not ON_CUDA:
+        check = ratio_check(samples, "fused", peer, CPU_PEER_TIME_TARGET[op])
+        benchmark.extra_info["time_check_vs_peer"] = check
+        assert memory_ratio <= PEER_MEMORY_TARGET, memory_ratio
+        assert check["ok"], check

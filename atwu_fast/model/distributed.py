@@ -124,6 +124,8 @@ def clear_mesh_caches() -> None:
     in :data:`MESH_CACHES`; one this torch does not have is skipped. Only for after the last collective:
     they refill on use."""
     for obj in gc.get_objects():
+        if type(obj) in weakref.ProxyTypes:  # a dead proxy raises on any look (torch.compile leaves some)
+            continue
         if isinstance(obj, functools._lru_cache_wrapper) and str(getattr(obj, "__module__", "")).startswith(
                 "torch.distributed."):
             obj.cache_clear()

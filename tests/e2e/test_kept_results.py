@@ -60,6 +60,23 @@ def test_readme_results_table_is_cells_of_the_kept_tables():
             assert jw == kept_row[6].split()[0], (grid, method)
 
 
+def test_readme_sample_output_is_a_kept_run():
+    """The README's printout of the default command is lines of a kept first run (``…`` elides lines);
+    the run's wall time quoted beside it is that run's."""
+    kept = (KEPT / "default_run" / "output.txt").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```\ntraining a byte-level BPE tokenizer", 1)[1].split("```", 1)[0]
+    shown = ["training a byte-level BPE tokenizer" + block.splitlines()[0], *block.splitlines()[1:]]
+    shown = [line for line in shown if line.strip() and line != "…"]
+    assert len(shown) >= 15
+    assert [line for line in shown if line not in kept] == []
+    assert [line for line in kept if line in shown] == shown  # in the same order
+    wall = next(line for line in kept if line.startswith("# wall time"))
+    minutes, seconds = re.search(r"(\d+)m([\d.]+)s", wall).groups()
+    assert 2.25 <= int(minutes) + float(seconds) / 60 < 2.75  # "about 2½ minutes"
+    assert "about 2½ minutes on 2 CPU cores the first time" in readme
+
+
 def test_readme_intervals_are_in_the_kept_tables():
     kept = " ".join((KEPT / grid / f"{grid}.md").read_text() for grid in GRIDS)
     quoted = re.findall(r"([+\-−]?\d+\.\d+) \[([+\-−]?\d+\.\d+), ([+\-−]?\d+\.\d+)\]", readme_results())

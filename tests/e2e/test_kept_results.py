@@ -77,6 +77,30 @@ def test_readme_sample_output_is_a_kept_run():
     assert "about 2½ minutes on 2 CPU cores the first time" in readme
 
 
+def test_tiny_tofu_first_run_numbers_are_the_kept_run():
+    """docs/benchmarks.md's table of the tiny-TOFU first run is cells of the kept printout (same column
+    names), and the quoted wall times and fine-tuning results are that run's."""
+    kept = (KEPT / "tofu_tiny_first_run" / "output.txt").read_text()
+    header = next(line for line in kept.splitlines() if line.startswith("| model |"))
+    kept_rows = {cells(line)[0]: dict(zip(cells(header), cells(line)))
+                 for line in kept.splitlines() if line.startswith("| ") and not line.startswith(("| model", "|---"))}
+    doc = (ROOT / "docs" / "benchmarks.md").read_text().split("## TOFU at laptop scale", 1)[1].split("\n## ", 1)[0]
+    doc_lines = doc.splitlines()
+    doc_header = cells(next(line for line in doc_lines if line.startswith("| model |")))
+    rows = [cells(line) for line in doc_lines if line.startswith("| ") and not line.startswith(("| model", "|---"))]
+    assert len(rows) == 3
+    for row in rows:
+        name = row[0].split(" (")[0]
+        for column, value in zip(doc_header[1:], row[1:]):
+            assert kept_rows[name][column] == value, (name, column)
+    real = re.search(r"^real\s+(\d+)m(\d+)\.\d+s", kept, re.M).groups()
+    assert f"took {int(real[0])} min {int(real[1])} s wall" in doc
+    for kind, steps, nll in re.findall(r"^  (target|retain): \d+ QA pairs, (\d+) steps, final answer NLL ([\d.]+)", kept, re.M):
+        assert nll in doc and (steps in doc or kind == "target")
+    assert "7½ minutes on 2 cores the first time" in (ROOT / "README.md").read_text()
+    assert 7.25 <= int(real[0]) + int(real[1]) / 60 < 7.75
+
+
 def test_readme_intervals_are_in_the_kept_tables():
     kept = " ".join((KEPT / grid / f"{grid}.md").read_text() for grid in GRIDS)
     quoted = re.findall(r"([+\-−]?\d+\.\d+) \[([+\-−]?\d+\.\d+), ([+\-−]?\d+\.\d+)\]", readme_results())

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .coefficients import AtwuCoefficients
 from .gemm_accumulate import WeightGradAccumulator, hidden_grad_into
 from .inputs import no_autocast
 from .transform import LogitTransform
@@ -61,8 +62,47 @@ class Plan:
     ignore_index: int
     compute_dtype: torch.dtype
 
-    def sweep(self, hidden, weight, bias, labels, **kwargs) -> SweepResult:
-        return self.backend.sweep(hidden, weight, bias, labels, plan=self, **kwargs)
+    def sweep(self, hidden, weight, bias, labels, *, lse=None, coefficients=None, **kwargs) -> SweepResult:
+        """The backend's sweep; on CPU over the counted rows only (:func:`counted_rows`)."""
+        rows = counted_rows(labels, self.ignore_index, coefficients)
+        if rows is None:
+            return self.backend.sweep(hidden, weight, bias, labels, plan=self, lse=lse, coefficients=coefficients,
+                                      **kwargs)
+        result = self.backend.sweep(hidden[rows], weight, bias, labels[rows], plan=self,
+                                    lse=None if lse is None else lse[rows],
+                                    coefficients=select_rows(coefficients, rows), **kwargs)
+        return expand_rows(result, rows, hidden.shape)
+
+
+def counted_rows(labels: torch.Tensor, ignore_index: int, coefficients) -> torch.Tensor | None:
+    """Indices of the rows that count (label ≠ ignore_index) when some do not, on CPU: the sweep then
+    runs its GEMMs over those rows only (an ignored row contributes nothing: its NLL, coefficient and
+    gradient are 0), as Cut Cross-Entropy does. ``None``: sweep every row (nothing ignored, all
+    ignored, or on CUDA, where finding them would cost a host sync)."""
+    if labels.device.type != "cpu" or not (coefficients is None or isinstance(coefficients, (torch.Tensor,
+                                                                                            AtwuCoefficients))):
+        return None
+    counted = (labels != ignore_index).nonzero().squeeze(1)
+    return counted if 0 < counted.numel() < labels.numel() else None
+
+
+def select_rows(coefficients, rows: torch.Tensor):
+    if coefficients is None or isinstance(coefficients, torch.Tensor):
+        return None if coefficients is None else coefficients[rows]
+    return coefficients.select(rows)
+
+
+def expand_rows(result: SweepResult, rows: torch.Tensor, hidden_shape) -> SweepResult:
+    """A sweep over ``rows`` as one over every row: 0 in the ignored rows' ``lse``, ``nll``, ``c`` and ``dH``."""
+
+    def full(t: torch.Tensor | None, shape) -> torch.Tensor | None:
+        if t is None:
+            return None
+        return torch.zeros(shape, dtype=t.dtype, device=t.device).index_copy_(0, rows, t)
+
+    n = hidden_shape[0]
+    return SweepResult(full(result.lse, n), full(result.nll, n), full(result.coeff, n),
+                       full(result.grad_hidden, hidden_shape), result.grad_weight, result.grad_bias)
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

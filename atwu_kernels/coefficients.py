@@ -15,6 +15,7 @@ the same rule inside their row kernels from :meth:`AtwuCoefficients.kernel_args`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -73,6 +74,10 @@ class AtwuCoefficients:
             n_forget=self.n_forget,
             n_retain=self.n_retain,
         )
+
+    def select(self, rows: torch.Tensor) -> AtwuCoefficients:
+        """The rule over ``rows`` only (the population sizes stay those of all rows)."""
+        return dataclasses.replace(self, scores=self.scores[rows], forget=self.forget[rows], retain=self.retain[rows])
 
     def population(self) -> torch.Tensor:
         """int8 ``[N]``: :data:`FORGET`, :data:`RETAIN` or 0."""

@@ -4,6 +4,7 @@ logs of other rows with one line (before any model is loaded); RWKU's ROUGE choi
 and the TOFU data come from ``ATWU_TEST_DATA`` (tests/fixtures/real_data.py): skipped without them."""
 
 import json
+from pathlib import Path
 
 import pytest
 from fixtures.real_data import require_real_tofu, require_tofu_logs, tofu_dir, tofu_logs_dir
@@ -18,6 +19,18 @@ pytestmark = pytest.mark.slow
 
 LOGS, TOFU = tofu_logs_dir(), tofu_dir()  # paths only: the tests that read them call require_*() first
 FULL, RETAIN90 = LOGS / "ft_epoch5_lr1e-05_llama2-7b_full_wd0", LOGS / "ft_epoch5_lr1e-05_llama2-7b_retain90_wd0"
+
+
+@pytest.mark.parametrize("model, lr, fq, mu", [("llama2-7b", "1e-05", "1.10e-19", "0.6268"),
+                                                ("phi", "2e-05", "5.10e-17", "0.5216")])
+def test_the_numbers_docs_quote_for_the_published_logs(model, lr, fq, mu):
+    """docs/benchmarks.md quotes forget quality and model utility of full vs retain90 (weight decay 0)."""
+    require_tofu_logs()
+    full, retain = (LOGS / f"ft_epoch5_lr{lr}_{model}_{split}_wd0" for split in ("full", "retain90"))
+    scores = score_original(read_original_logs(full), load_reference(retain))
+    assert (f"{scores['forget_quality']:.2e}", f"{scores['model_utility']:.4f}") == (fq, mu)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
+    assert f"{fq}, {'model utility ' if model != 'phi' else ''}{mu}" in " ".join(doc.split())
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ README's results table and intervals are cells of those tables."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shutil
 from pathlib import Path
@@ -97,8 +98,26 @@ def test_tiny_tofu_first_run_numbers_are_the_kept_run():
     assert f"took {int(real[0])} min {int(real[1])} s wall" in doc
     for kind, steps, nll in re.findall(r"^  (target|retain): \d+ QA pairs, (\d+) steps, final answer NLL ([\d.]+)", kept, re.M):
         assert nll in doc and (steps in doc or kind == "target")
-    assert "7½ minutes on 2 cores the first time" in (ROOT / "README.md").read_text()
-    assert 7.25 <= int(real[0]) + int(real[1]) / 60 < 7.75
+    assert "7¼ minutes on 2 cores the first time" in (ROOT / "README.md").read_text()
+    assert 7.125 <= int(real[0]) + int(real[1]) / 60 < 7.375
+
+
+def test_kept_pairs_table_regenerates_exactly_and_is_quoted_whole(tmp_path):
+    """The per-seed table of the tiny-TOFU pairs rebuilds from its records (``python -m studies.tofu_pairs
+    --tables-only``), and docs/studies/tofu_pairs.md quotes it whole."""
+    from studies import tofu_pairs
+
+    kept = KEPT / "tofu_pairs"
+    (tmp := tmp_path / "tofu_pairs").mkdir()
+    for name in ("pairs.jsonl", "meta.json"):
+        shutil.copy(kept / name, tmp / name)
+    assert tofu_pairs.main(["--tables-only", "--output-dir", str(tmp.parent)]) == 0
+    table = (tmp / "pairs.md").read_text()
+    assert table == (kept / "pairs.md").read_text()
+    body = table.split("\n", 2)[2].strip()  # without the title
+    assert body in (ROOT / "docs" / "studies" / "tofu_pairs.md").read_text()
+    records = [json.loads(line) for line in (kept / "pairs.jsonl").read_text().splitlines()]
+    assert sorted(r["seed"] for r in records) == list(range(10))
 
 
 def test_readme_intervals_are_in_the_kept_tables():

@@ -121,13 +121,37 @@ def test_the_models_learn_the_author_subset_and_are_cached(run, capsys):
     assert again["forget_quality"] == first["forget_quality"]
 
 
+@pytest.mark.slow
+def test_pairs_study_records_each_seeds_fine_tuning_and_reference_metrics(run, tmp_path):
+    """``python -m studies.tofu_pairs`` on the fixture's cached seed-0 pair: its line holds the cached
+    fine-tuning summaries and the reference metrics of a run on that pair (the fixture's, same models)."""
+    from studies import tofu_pairs
+
+    caches = {p.name.split("-")[1]: p for p in (run / "cache").iterdir()}
+    assert tofu_pairs.main(["--tofu-dir", str(TOFU), "--cache-dir", str(run / "cache"), "--seeds", "0",
+                            "--output-dir", str(tmp_path), "--cap", "40", "--", *REDUCED[6:]]) == 0
+    record = json.loads((tmp_path / "tofu_pairs" / "pairs.jsonl").read_text())
+    reference = json.loads((run / "a" / "reference.json").read_text())["models"]
+    for kind in ("target", "retain"):
+        summary = json.loads((caches[kind] / "finetune_summary.json").read_text())
+        assert (record[kind]["steps"], record[kind]["final_nll"]) == (40, summary["final_nll"])
+        # the same evaluation of the same models in another process: equal up to summation order
+        assert record[kind]["model_utility"] == pytest.approx(reference[f"{kind} model"]["model_utility"], rel=1e-9)
+    assert record["target"]["log10_fq"] == pytest.approx(np.log10(reference["target model"]["forget_quality"]),
+                                                         abs=1e-9)
+    table = (tmp_path / "tofu_pairs" / "pairs.md").read_text()
+    assert f"| 0 | 40 | {record['target']['final_nll']:.4f} |" in table
+    assert "models stopped by the 40-step cap: 2 of 2" in table
+
+
 def test_underfit_note_flags_a_capped_model_far_above_the_target_loss():
-    schedule = tofu_schedule()  # 1500-step cap, target loss 0.05
-    assert underfit_note("retain", {"steps": 1500, "final_nll": 0.80}, schedule).startswith(
-        "warning: the tiny TOFU retain model stopped at the 1500-step cap with answer NLL 0.80")
-    assert underfit_note("target", {"steps": 1500, "final_nll": 0.10}, schedule) is None  # near the aim
-    assert underfit_note("target", {"steps": 900, "final_nll": 0.80}, schedule) is None  # stopped by the loss
-    assert underfit_note("target", {"steps": 1500, "final_nll": 0.80}, replace(schedule, target_loss=0.0)) is None
+    schedule = tofu_schedule()  # target loss 0.05: flagged above 4 x 0.05 when stopped by the cap
+    cap = schedule.max_steps
+    assert underfit_note("retain", {"steps": cap, "final_nll": 0.80}, schedule).startswith(
+        f"warning: the tiny TOFU retain model stopped at the {cap}-step cap with answer NLL 0.80")
+    assert underfit_note("target", {"steps": cap, "final_nll": 0.10}, schedule) is None  # near the aim
+    assert underfit_note("target", {"steps": cap - 1, "final_nll": 0.80}, schedule) is None  # stopped by the loss
+    assert underfit_note("target", {"steps": cap, "final_nll": 0.80}, replace(schedule, target_loss=0.0)) is None
 
 
 def test_author_subset_takes_every_retain_eval_author_then_the_first_others():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from atwu_fast.data.io import atomic_write_text
 from atwu_fast.finetune.build import SUMMARY_FILE
 from atwu_fast.suites import make_suite
 from atwu_fast.unlearn.experiment import SHORTCUTS, ExperimentConfig
+from studies.sweep import append, log10, mean_std
 
 NAME = "tofu_pairs"
 
@@ -51,39 +51,26 @@ def pair_record(seed: int, summaries: dict[str, dict], reference: dict) -> dict:
         s = summaries[kind]
         record[kind] = {"steps": s["steps"], "final_nll": s["final_nll"], "seconds": round(s["seconds"]),
                         "model_utility": reference["models"][f"{kind} model"]["model_utility"]}
-    record["target"]["log10_fq"] = math.log10(max(reference["models"]["target model"]["forget_quality"], 1e-300))
+    record["target"]["log10_fq"] = log10(reference["models"]["target model"]["forget_quality"])
     return record
 
 
 def table(records: list[dict], cap: int | None = None) -> str:
     """The per-seed table and a line of means (steps, NLL and seconds: fine-tuning; MU: model utility)."""
-    def cell(value, fmt):
-        return "-" if value is None else fmt.format(value)
-
     lines = ["| seed | target steps | target NLL | target s | retain steps | retain NLL | retain s | target MU | "
              "retain MU | target log10 FQ |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: r["seed"]):
         t, k = r["target"], r["retain"]
-        lines.append(f"| {r['seed']} | {cell(t['steps'], '{}')} | {cell(t['final_nll'], '{:.4f}')} | "
-                     f"{cell(t['seconds'], '{}')} | {cell(k['steps'], '{}')} | {cell(k['final_nll'], '{:.4f}')} | "
-                     f"{cell(k['seconds'], '{}')} | {t['model_utility']:.3f} | {k['model_utility']:.3f} | "
+        lines.append(f"| {r['seed']} | {t['steps']} | {t['final_nll']:.4f} | {t['seconds']} | {k['steps']} | "
+                     f"{k['final_nll']:.4f} | {k['seconds']} | {t['model_utility']:.3f} | {k['model_utility']:.3f} | "
                      f"{t['log10_fq']:.1f} |")
-
-    def mean_std(values):
-        values = [v for v in values if v is not None]
-        if not values:
-            return "-"
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        return f"{mean:.3f} ± {std:.3f}"
-
+    models = [r[kind] for r in records for kind in ("target", "retain")]
     summary = [f"{len(records)} seeds; mean ± std: target MU {mean_std([r['target']['model_utility'] for r in records])}, "
                f"retain MU {mean_std([r['retain']['model_utility'] for r in records])}, target log10 FQ "
                f"{mean_std([r['target']['log10_fq'] for r in records])}; slowest fine-tuning "
-               f"{max((r[k]['seconds'] or 0) for r in records for k in ('target', 'retain'))} s"]
+               f"{max(m['seconds'] for m in models)} s"]
     if cap is not None:
-        capped = sum(1 for r in records for k in ("target", "retain") if (r[k]["steps"] or 0) >= cap)
-        summary.append(f"models stopped by the {cap}-step cap: {capped} of {2 * len(records)}")
+        summary.append(f"models stopped by the {cap}-step cap: {sum(m['steps'] >= cap for m in models)} of {len(models)}")
     return "\n".join(lines) + "\n\n" + "; ".join(summary) + ".\n"
 
 
@@ -127,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = json.loads((Path(run_dir) / "reference.json").read_text())
             record = pair_record(seed, finetune_summaries(run_args), reference)
         record["wall_seconds"] = round(time.perf_counter() - start)
-        with open(out / "pairs.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append(out / "pairs.jsonl", record)
         print(f"seed {seed}: {json.dumps(record)}", flush=True)
     write_table(out)
     print(f"wrote {out / 'pairs.md'}")

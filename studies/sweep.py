@@ -168,6 +168,14 @@ LOGFIT_ABLATIONS = [
     ("logfit, pretrain 50, frozen", "atwu", {**LOGFIT, "atwu.schedule": "frozen"}),
 ]
 
+# The scorer-drift study (docs/studies/scorer_drift.md): atwu_logfit with one change to what its scores see.
+SCORER_DRIFT = [
+    ("atwu_logfit", "atwu_logfit", {}),
+    ("logfit, scorer frozen after pre-training", "atwu_logfit", {"atwu.schedule": "frozen"}),
+    ("logfit, fitted to the target's NLL", "atwu_logfit", {"atwu.scorer_labels": "target"}),
+    ("logfit, scores of the target's hidden states", "atwu_logfit", {"atwu.score_from": "target"}),
+]
+
 # TOFU's whole protocol at laptop scale (--model tiny, docs/studies/tofu_study.md): the real TOFU data, a fresh tiny
 # target/retain pair per seed (tiny.model.seed), no generation (model utility from the 6 probability and
 # truth-ratio values), every method, the ATWU variants, the frozen control and the target-word hard mask.
@@ -267,6 +275,13 @@ GRIDS: dict[str, Grid] = {
                          doc="every method at its tuned values on TOFU at laptop scale (package defaults where none "
                              "are tuned), 8 fresh seeds (each a fresh tiny pair, fine-tuned once), with generation: "
                              "the comparison table on real text"),
+    "scorer_drift": Grid(SCORER_DRIFT + [("wga", "wga", {})], lrs=[TUNED], seeds=[1, 9, 10, 11, 12, 13],
+                         baseline="atwu_logfit", quick=False, columns=compare_columns(TuneOptions().fq_level),
+                         intervals=True,
+                         doc="why the learned scores lose selectivity at the tuned values (#32 item 2): the default, "
+                             "its scorer frozen after pre-training, fitted to the target's NLL, or scoring the "
+                             "target's hidden states, and WGA, at atwu_logfit's tuned values, on the tuning seeds "
+                             "(1, 9) and exploration seeds 10-13 (the comparison's fresh seeds untouched)"),
     "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
                   lrs=[1e-3], seeds=[0], base={"train.steps": 3},
                   doc="a seconds-long check of the machinery"),
@@ -365,17 +380,37 @@ def run_grid(name: str, grid: Grid, out_dir: Path, cache_dir: str, threads: int,
                 t0 = time.perf_counter()
                 run_dir = scratch / f"run{len(runs)}"
                 metrics = run_method(method, Run(run_cfg, suite, run_dir, retain=shared.retain, quiet=True))
+                trajectory = checkpoint_trajectory(run_dir / method / "history.json")
                 shutil.rmtree(run_dir, ignore_errors=True)
                 key = run_key(variant, seed, lr, label)
                 runs[key] = append(runs_path, {"key": key, "variant": variant, "seed": seed, "lr": lr,
                                                "label": label, "method": method, "overrides": over,
-                                               "tuned": tuned, "metrics": metrics})
+                                               "tuned": tuned, "metrics": metrics, "checkpoints": trajectory})
                 log(f"{variant} seed {seed} lr {lr_text(lr)} {label}: FQ {metrics['forget_quality']:.2e} "
                     f"MU {metrics['model_utility']:.3f} AUROC end {fmt(metrics.get('span_auroc'))} "
                     f"avg {fmt(metrics.get('span_auroc_avg'))}  ({time.perf_counter() - t0:.0f}s)")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return runs
+
+
+TRAJECTORY_STEP_KEYS = ("forget_nll", "retain_nll", "score_mean", "score_frac")
+
+
+def checkpoint_trajectory(history_file: Path) -> list[dict]:
+    """Per evaluation checkpoint of a run: its step, the span alignment of the method's token scores
+    (``span_auroc``, ``span_auroc_all``) and, from that training step's statistics, the forget and
+    retain NLL and the share of forget tokens scored above 0.5 (where the method has scores)."""
+    if not history_file.exists():
+        return []
+    history = json.loads(history_file.read_text())
+    steps = {s["step"]: s for s in history.get("steps", [])}
+    out = []
+    for c in history.get("span_checkpoints") or []:
+        stats = steps.get(c["step"], {})
+        out.append({"step": c["step"], "span_auroc": c.get("span_auroc"), "span_auroc_all": c.get("span_auroc_all"),
+                    **{k: stats[k] for k in TRAJECTORY_STEP_KEYS if k in stats}})
+    return out
 
 
 def split_reference(out) -> tuple[dict, np.ndarray]:
@@ -642,6 +677,43 @@ def frontier_points(runs: dict[str, dict], variant: str, seed: int, lrs: list[fl
     return points
 
 
+def trajectory_tables(grid: Grid, runs: dict[str, dict]) -> str:
+    """Per variant and learning rate, for the runs that kept their checkpoints: the mean span AUROC of
+    each method's token scores at every evaluation step, with the mean forget NLL of that step and the
+    mean share of forget tokens scored above 0.5 (where the method has scores). Empty when no run
+    kept checkpoints."""
+    lines = []
+    for variant in grid.variants:
+        for lr in grid.all_lrs:
+            rows = {}
+            for label, _, _ in grid.methods:
+                found = [r for r in (runs.get(run_key(variant, s, lr, label)) for s in grid.seeds)
+                         if r and r.get("checkpoints")]
+                if found:
+                    rows[label] = found
+            if not rows:
+                continue
+            steps = sorted({c["step"] for found in rows.values() for r in found for c in r["checkpoints"]})
+            lines += [f"## Span AUROC over training, variant `{variant}`, lr {lr_text(lr)}", "",
+                      "Mean over seeds of the span AUROC (author-unique tokens) at each evaluation step; in "
+                      "brackets the mean forget NLL of that step and the mean share of forget tokens scored "
+                      "above 0.5.", "",
+                      "| method | n | " + " | ".join(f"step {s}" for s in steps) + " |",
+                      "|---|---|" + "---|" * len(steps)]
+            for label, found in rows.items():
+                cells = []
+                for step in steps:
+                    at = [c for r in found for c in r["checkpoints"] if c["step"] == step]
+                    auroc, nll = mean_of([c.get("span_auroc") for c in at]), mean_of([c.get("forget_nll") for c in at])
+                    frac = mean_of([c.get("score_frac") for c in at])
+                    extra = ", ".join(x for x in (f"{nll:.1f}" if nll is not None else "",
+                                                  f"{frac:.2f}" if frac is not None else "") if x)
+                    cells.append("-" if auroc is None else f"{auroc:.3f}" + (f" ({extra})" if extra else ""))
+                lines.append(f"| {label} | {len(found)} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("grids", nargs="*", help=f"grid names ({', '.join(GRIDS)}); 'all' for every grid but smoke")
@@ -681,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
             run_grid(name, grid, out, args.cache_dir, args.threads, lambda m: print(m, flush=True), (k, n))
         runs = load_runs(out / "runs.jsonl")  # every shard's rows
         text = "\n".join([tables(name, grid, runs), *(paired_tables(grid, runs, b) + "\n" + frontier_tables(grid, runs, b)
-                                                     for b in grid.baselines)])
+                                                     for b in grid.baselines), trajectory_tables(grid, runs)])
         atomic_write_text(out / f"{name}.md", text + "\n")
         print(f"tables written to {out / (name + '.md')}")
     return 0

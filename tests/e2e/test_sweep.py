@@ -271,3 +271,35 @@ def test_methods_with_their_own_learning_rates_run_and_pair_on_their_own_curves(
     paired = sweep.paired_tables(grid, runs)
     assert "| 0.001 | new | 2 |" in paired  # the one lr both run at
     assert "| 0.01 | new |" not in paired and "| 0.0001 | new |" not in paired
+
+
+def test_checkpoint_trajectory_pairs_each_span_checkpoint_with_that_steps_statistics(tmp_path):
+    history = {"steps": [{"step": s, "forget_nll": 0.1 * s, "retain_nll": 0.5, "score_frac": 0.01 * s, "lr": 1e-3}
+                         for s in range(1, 21)],
+               "span_checkpoints": [{"step": 0, "span_auroc": 0.9, "span_auroc_all": 0.8, "span_ap": 0.5},
+                                    {"step": 10, "span_auroc": 0.85, "span_auroc_all": 0.7},
+                                    {"step": 20, "span_auroc": 0.7, "span_auroc_all": 0.6}]}
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps(history))
+    trajectory = sweep.checkpoint_trajectory(path)
+    assert [c["step"] for c in trajectory] == [0, 10, 20]
+    assert trajectory[0] == {"step": 0, "span_auroc": 0.9, "span_auroc_all": 0.8}  # before the first step
+    assert trajectory[2] == {"step": 20, "span_auroc": 0.7, "span_auroc_all": 0.6, "forget_nll": 2.0,
+                             "retain_nll": 0.5, "score_frac": 0.2}
+    assert sweep.checkpoint_trajectory(tmp_path / "missing.json") == []
+
+
+def test_trajectory_tables_average_each_checkpoint_over_seeds():
+    grid = sweep.Grid([("a", "atwu", {}), ("b", "wga", {})], lrs=[1e-3], seeds=[0, 1])
+    runs = {}
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        runs[sweep.run_key("default", seed, 1e-3, "a")] = {"metrics": {}, "checkpoints": [
+            {"step": 10, "span_auroc": 0.8 + shift, "forget_nll": 1.0 + 10 * shift, "score_frac": 0.5},
+            {"step": 20, "span_auroc": 0.6 + shift, "forget_nll": 3.0, "score_frac": 0.7 + shift}]}
+        runs[sweep.run_key("default", seed, 1e-3, "b")] = {"metrics": {}, "checkpoints": [
+            {"step": 10, "span_auroc": 0.3, "forget_nll": 2.0}]}
+    text = sweep.trajectory_tables(grid, runs)
+    assert "| method | n | step 10 | step 20 |" in text
+    assert "| a | 2 | 0.850 (1.5, 0.50) | 0.650 (3.0, 0.75) |" in text
+    assert "| b | 2 | 0.300 (2.0) | - |" in text  # no scores: no share; no checkpoint at 20
+    assert sweep.trajectory_tables(grid, {k: {**r, "checkpoints": []} for k, r in runs.items()}) == ""

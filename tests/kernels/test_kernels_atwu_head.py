@@ -173,3 +173,30 @@ def test_head_rejects_bad_saturation():
     sw, sb = _scorer(8, 0, hidden.device)
     with pytest.raises(ValueError):
         atwu_head(hidden, weight, labels, _forget_mask(labels.shape, 0).to(hidden.device), sw, sb, saturation="soft")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_head_with_given_scores_as_a_one_column_score_hidden(impl):
+    """Fixed per-token scores g enter the head as score_hidden = logit(g) (one column), weight [1],
+    bias 0 (how ATWU's score_from 'target' uses it): scores, loss and gradients equal those of the
+    saturated loss with those g."""
+    hidden, weight, labels, _ = make_problem(37, 16, 90, seed=21, ignore_every=6)
+    is_forget = _forget_mask(labels.shape, 4).to(hidden.device)
+    g = torch.rand(37, generator=torch.Generator().manual_seed(3)).clamp(0.05, 0.95).to(hidden.device)
+    column = torch.logit(g).unsqueeze(1)
+    out = atwu_head(hidden, weight, labels, is_forget, torch.ones(1, device=hidden.device),
+                    torch.zeros((), device=hidden.device), score_hidden=column, alpha=0.8, gamma=2.0, beta=1.5,
+                    impl=impl, chunk_size=16)
+    out.loss.backward()
+    torch.testing.assert_close(out.scores, g, rtol=1e-6, atol=1e-6)
+    h64, w64 = as64(hidden).requires_grad_(True), as64(weight).requires_grad_(True)
+    nll = torch.nn.functional.cross_entropy(h64 @ w64.T, labels, reduction="none", ignore_index=IGNORE)
+    valid = labels != IGNORE
+    forget, retain = (is_forget & valid).double(), (~is_forget & valid).double()
+    g64 = g.double()
+    sat = torch.exp(-1.5 * g64 * nll.detach())
+    loss = 0.8 * (nll * retain).sum() / retain.sum() - 2.0 * (g64 * sat * nll * forget).sum() / forget.sum()
+    loss.backward()
+    assert_close(out.loss.double(), loss, what="loss with given scores")
+    assert_close(hidden.grad.double(), h64.grad, what="hidden grad with given scores")
+    assert_close(weight.grad.double(), w64.grad, what="weight grad with given scores")

@@ -155,9 +155,12 @@ def test_atwu_frozen_ignores_pretraining_and_contrast(tiny):
     assert all(h["score_mean"] == pytest.approx(0.5) for h in result.history)
 
 
-@pytest.mark.parametrize("schedule", ["alternating", "joint"])
-def test_contrast_fused_equals_unfused(tiny, schedule):
-    params = ATWUParams(lambda_contrast=1.0, update_every=1, schedule=schedule)
+@pytest.mark.parametrize("params", [
+    ATWUParams(lambda_contrast=1.0, update_every=1, schedule="alternating"),
+    ATWUParams(lambda_contrast=1.0, update_every=1, schedule="joint"),
+    ATWUParams(**{**LOG_FIT, "pretrain_steps": 2}, scorer_labels="target"),
+], ids=["contrast-alternating", "contrast-joint", "logfit-target-labels"])
+def test_scorer_fused_equals_unfused(tiny, params):
     runs = []
     for fused in (True, False):
         unlearner = make(tiny, "atwu", params, fused_head=fused)
@@ -453,3 +456,89 @@ def test_pretraining_reads_the_target_in_micro_batches_like_one_full_batch(tiny,
     assert torch.allclose(seen["hidden"], tokens.hidden_pred[is_forget], atol=1e-5)
     assert torch.allclose(seen["nll"], nll[is_forget], atol=1e-5)
     assert torch.allclose(seen["hidden_retain"], tokens.hidden_pred[~is_forget], atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("labels", ["target", "model"])
+def test_scorer_labels_target_reads_the_target_models_nll_of_the_batch_rows(tiny, monkeypatch, fused, labels):
+    """With ``scorer_labels`` 'target' every scorer step reads the NLL the model had before unlearning,
+    for the micro-batch's own forget rows in token order, while the model moves; 'model' (the
+    default) reads the moving model's, which differs after the first model step."""
+    import atwu_fast.methods.atwu.hooks as hooks_mod
+    from atwu_fast.model.tokens import forward_answer_tokens, token_nll
+
+    seen = []
+    real_step = hooks_mod.ScorerTrainer.step
+
+    def capture(self, hidden, nll, seq, n_seqs, *args, **kwargs):
+        seen.append((list(unlearner.forget_indices), nll.clone()))
+        return real_step(self, hidden, nll, seq, n_seqs, *args, **kwargs)
+
+    monkeypatch.setattr(hooks_mod.ScorerTrainer, "step", capture)
+    params = ATWUParams(**{**LOG_FIT, "pretrain_steps": 0}, scorer_labels=labels)
+    unlearner = make(tiny, "atwu", params, steps=4, fused_head=fused, lr=5e-2)
+    target = tiny_model(tiny[0], tiny[2].state_dict()).eval()
+    unlearner.run()
+    assert len(seen) == 4
+    moved = []
+    for indices, nll in seen:
+        with torch.no_grad():
+            tokens, _ = forward_answer_tokens(target, unlearner.batch([unlearner.forget[i] for i in indices]))
+            expected = token_nll(target, tokens)
+        assert nll.shape == expected.shape
+        moved.append((nll - expected).abs().max().item())
+    if labels == "target":
+        assert max(moved) < 1e-4  # fp32 forwards of the same rows
+    else:
+        assert moved[0] < 1e-4 and max(moved[1:]) > 1e-2  # the model has stepped at lr 5e-2
+
+
+def test_score_from_target_uses_the_pretrained_scorers_scores_of_the_target_throughout(tiny):
+    """With ``score_from`` 'target' the model step's scores are the pre-trained scorer's on the target
+    model's hidden states, cached per forget token: the scorer does not move, every step's scores
+    and the evaluated weights are those cached values, while the model does move."""
+    from atwu_fast.model.tokens import forward_answer_tokens
+
+    params = ATWUParams(**LOG_FIT, score_from="target")
+    unlearner = make(tiny, "atwu", params, steps=3, lr=5e-2, fused_head=False)  # the fused head: test below
+    hooks = unlearner.hooks
+    assert len(hooks.pretrain_losses) == LOG_FIT["pretrain_steps"] and hooks.scorer.weight.abs().sum() > 0
+    w = hooks.scorer.weight.clone()
+    target = tiny_model(tiny[0], tiny[2].state_dict()).eval()
+    rows = unlearner.forget
+    with torch.no_grad():
+        tokens, _ = forward_answer_tokens(target, unlearner.batch(rows))
+        expected = hooks.scorer(tokens.hidden("predictor"))
+    seen = []
+    real = hooks.scorer_pass
+
+    def capture(loop, step, hidden_f, q, stats, hidden_r=None):
+        out = real(loop, step, hidden_f, q, stats, hidden_r)
+        seen.append((list(loop.forget_indices), q.forget_weights.clone()))
+        return out
+
+    hooks.scorer_pass = capture
+    unlearner.run()
+    assert torch.equal(hooks.scorer.weight, w)
+    assert len(seen) == 3
+    for indices, weights in seen:
+        want = torch.cat([expected[tokens.seq == i] for i in indices])
+        assert torch.allclose(weights, want, atol=1e-5)
+    with torch.no_grad():
+        moved, _ = forward_answer_tokens(unlearner.model.eval(), unlearner.batch(rows))
+        assert not torch.allclose(hooks.scorer(moved.hidden("predictor")), expected, atol=1e-3)  # the model moved
+        assert torch.allclose(hooks.token_weights(moved, rows), expected, atol=1e-5)  # evaluated: the cached scores
+
+
+@pytest.mark.parametrize("mean_target", [None, 0.5])
+def test_score_from_target_fused_equals_unfused(tiny, mean_target):
+    params = ATWUParams(**LOG_FIT, score_from="target", score_mean_target=mean_target)
+    runs = []
+    for fused in (True, False):
+        unlearner = make(tiny, "atwu", params, fused_head=fused, lr=5e-2)
+        result = unlearner.run()
+        runs.append(([h["loss"] for h in result.history], [h["score_mean"] for h in result.history],
+                     [p.detach().clone() for p in unlearner.model.parameters()]))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-4, abs=1e-6)
+    assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(runs[0][2], runs[1][2]))

@@ -34,6 +34,14 @@ class ATWUParams(LossWeights):
                            "(not in the original method; 0 disables)", 0.0)
     pretrain_steps: int = option("full-batch scorer SGD steps on the target model's forget (and retain) hidden states "
                              "and NLL before unlearning, same objective (0: none)", 0)
+    scorer_labels: Literal["model", "target"] = option(
+        "whose per-token NLL the scorer objective reads: the model's at each step ('model'), or the target "
+        "model's, before unlearning, for the same tokens ('target'; cached once, saves the scorer step's "
+        "extra NLL pass)", "model")
+    score_from: Literal["model", "target"] = option(
+        "the hidden states the model step's scores come from: the model's at each step ('model'), or the target "
+        "model's, before unlearning, scored once after pre-training and cached per forget token ('target'; "
+        "the scorer is then fixed)", "model")
     pretrain_retain_rows: int = option("retain QA pairs in the pre-training batch (contrast term)", 128)
     lambda_entropy: float = option("entropy regulariser weight", 1.0)
     lambda_budget: float = option("per-sequence budget penalty weight", 10.0)

@@ -168,6 +168,15 @@ LOGFIT_ABLATIONS = [
     ("logfit, pretrain 50, frozen", "atwu", {**LOGFIT, "atwu.schedule": "frozen"}),
 ]
 
+def tuned_except_lr(method: str) -> dict:
+    """A method's shipped tuned values on the embedded benchmark without the model learning rate (a grid
+    then sweeps the rate around the tuned loss and scorer values)."""
+    from atwu_fast.suites.synthetic import SyntheticSuite
+
+    tuned = json.loads(SyntheticSuite.tuned_file.read_text())["methods"][method]
+    return {k: v for k, v in tuned.items() if k != "train.lr"}
+
+
 # The scorer-drift study (docs/studies/scorer_drift.md): atwu_logfit with one change to what its scores see.
 SCORER_DRIFT = [
     ("atwu_logfit", "atwu_logfit", {}),
@@ -175,6 +184,8 @@ SCORER_DRIFT = [
     ("logfit, fitted to the target's NLL", "atwu_logfit", {"atwu.scorer_labels": "target"}),
     ("logfit, scores of the target's hidden states", "atwu_logfit", {"atwu.score_from": "target"}),
 ]
+SHARP_TARGET_SCORES = ("logfit, sharpened (k=4) scores of the target's hidden states", "atwu_logfit",
+                       {"atwu.score_from": "target", "atwu.score_sharpness": 4.0})
 
 # TOFU's whole protocol at laptop scale (--model tiny, docs/studies/tofu_study.md): the real TOFU data, a fresh tiny
 # target/retain pair per seed (tiny.model.seed), no generation (model utility from the 6 probability and
@@ -275,13 +286,27 @@ GRIDS: dict[str, Grid] = {
                          doc="every method at its tuned values on TOFU at laptop scale (package defaults where none "
                              "are tuned), 8 fresh seeds (each a fresh tiny pair, fine-tuned once), with generation: "
                              "the comparison table on real text"),
-    "scorer_drift": Grid(SCORER_DRIFT + [("wga", "wga", {})], lrs=[TUNED], seeds=[1, 9, 10, 11, 12, 13],
+    "scorer_drift": Grid(SCORER_DRIFT + [SHARP_TARGET_SCORES, ("wga", "wga", {})], lrs=[TUNED], seeds=[1, 9, 10, 11, 12, 13],
                          baseline="atwu_logfit", quick=False, columns=compare_columns(TuneOptions().fq_level),
                          intervals=True,
                          doc="why the learned scores lose selectivity at the tuned values (#32 item 2): the default, "
                              "its scorer frozen after pre-training, fitted to the target's NLL, or scoring the "
                              "target's hidden states, and WGA, at atwu_logfit's tuned values, on the tuning seeds "
                              "(1, 9) and exploration seeds 10-13 (the comparison's fresh seeds untouched)"),
+    "scorer_drift_frontier": Grid(SCORER_DRIFT, lrs=[8e-4, 1.2e-3, 1.6e-3, 2.4e-3], seeds=[1, 9, 10, 11, 12, 13],
+                                  base=tuned_except_lr("atwu_logfit"), baseline="atwu_logfit", quick=False,
+                                  intervals=True,
+                                  doc="the scorer-drift variants at atwu_logfit's tuned loss and scorer values over "
+                                      "four model learning rates around its tuned one (1.6e-3): utility at equal "
+                                      "forget quality, same seeds as scorer_drift"),
+    "scorer_drift_fresh": Grid([("atwu_logfit", "atwu_logfit", {}), SHARP_TARGET_SCORES, ("wga", "wga", {}),
+                                ("atwu_oracle_facts", "atwu_oracle_facts", {})],
+                               lrs=[TUNED], seeds=TuneOptions().eval_seeds, quick=False,
+                               columns=compare_columns(TuneOptions().fq_level), intervals=True,
+                               controls=ORACLES, baseline="atwu_logfit", more_baselines=("wga",),
+                               doc="the candidate chosen on scorer_drift's seeds (sharpened scores of the target's "
+                                   "hidden states, at atwu_logfit's tuned values) against the default, WGA and the "
+                                   "fact-mask oracle on the comparison's 8 fresh seeds"),
     "smoke": Grid([("atwu_faithful", "atwu_faithful", {}), ("atwu_frozen (g=0.5)", "atwu_frozen", {})],
                   lrs=[1e-3], seeds=[0], base={"train.steps": 3},
                   doc="a seconds-long check of the machinery"),
@@ -753,7 +778,10 @@ def main(argv: list[str] | None = None) -> int:
             run_grid(name, grid, out, args.cache_dir, args.threads, lambda m: print(m, flush=True), (k, n))
         runs = load_runs(out / "runs.jsonl")  # every shard's rows
         text = "\n".join([tables(name, grid, runs), *(paired_tables(grid, runs, b) + "\n" + frontier_tables(grid, runs, b)
-                                                     for b in grid.baselines), trajectory_tables(grid, runs)])
+                                                     for b in grid.baselines)])
+        trajectories = trajectory_tables(grid, runs)
+        if trajectories:
+            text += "\n" + trajectories
         atomic_write_text(out / f"{name}.md", text + "\n")
         print(f"tables written to {out / (name + '.md')}")
     return 0

@@ -381,6 +381,15 @@ def test_score_mean_target_defaults_off_and_is_validated():
             ATWUParams(score_mean_target=bad).validate()
 
 
+def test_score_sharpness_is_validated_and_needs_cached_scores():
+    ATWUParams(score_from="target", score_sharpness=4.0).validate()
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="score_sharpness must be > 0"):
+            ATWUParams(score_from="target", score_sharpness=bad).validate()
+    with pytest.raises(ValueError, match="score_from target"):
+        ATWUParams(score_sharpness=4.0).validate()
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_score_mean_target_sets_the_model_step_scores(tiny, fused):
     """A frozen scorer at g ≡ 0.25 rescaled to mean 0.5 trains the model exactly like g ≡ 0.5, and
@@ -493,13 +502,14 @@ def test_scorer_labels_target_reads_the_target_models_nll_of_the_batch_rows(tiny
         assert moved[0] < 1e-4 and max(moved[1:]) > 1e-2  # the model has stepped at lr 5e-2
 
 
-def test_score_from_target_uses_the_pretrained_scorers_scores_of_the_target_throughout(tiny):
+@pytest.mark.parametrize("sharpness", [1.0, 4.0])
+def test_score_from_target_uses_the_pretrained_scorers_scores_of_the_target_throughout(tiny, sharpness):
     """With ``score_from`` 'target' the model step's scores are the pre-trained scorer's on the target
     model's hidden states, cached per forget token: the scorer does not move, every step's scores
     and the evaluated weights are those cached values, while the model does move."""
     from atwu_fast.model.tokens import forward_answer_tokens
 
-    params = ATWUParams(**LOG_FIT, score_from="target")
+    params = ATWUParams(**LOG_FIT, score_from="target", score_sharpness=sharpness)
     unlearner = make(tiny, "atwu", params, steps=3, lr=5e-2, fused_head=False)  # the fused head: test below
     hooks = unlearner.hooks
     assert len(hooks.pretrain_losses) == LOG_FIT["pretrain_steps"] and hooks.scorer.weight.abs().sum() > 0
@@ -508,7 +518,7 @@ def test_score_from_target_uses_the_pretrained_scorers_scores_of_the_target_thro
     rows = unlearner.forget
     with torch.no_grad():
         tokens, _ = forward_answer_tokens(target, unlearner.batch(rows))
-        expected = hooks.scorer(tokens.hidden("predictor"))
+        expected = torch.sigmoid(sharpness * hooks.scorer.logits(tokens.hidden("predictor")))
     seen = []
     real = hooks.scorer_pass
 
@@ -526,7 +536,8 @@ def test_score_from_target_uses_the_pretrained_scorers_scores_of_the_target_thro
         assert torch.allclose(weights, want, atol=1e-5)
     with torch.no_grad():
         moved, _ = forward_answer_tokens(unlearner.model.eval(), unlearner.batch(rows))
-        assert not torch.allclose(hooks.scorer(moved.hidden("predictor")), expected, atol=1e-3)  # the model moved
+        now = torch.sigmoid(sharpness * hooks.scorer.logits(moved.hidden("predictor")))
+        assert not torch.allclose(now, expected, atol=1e-3)  # the model moved
         assert torch.allclose(hooks.token_weights(moved, rows), expected, atol=1e-5)  # evaluated: the cached scores
 
 

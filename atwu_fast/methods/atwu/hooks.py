@@ -70,7 +70,7 @@ class ScorerHooks(TrainingHooks):
                     h[~is_forget] if n_retain_rows else None, params.pretrain_steps)
             if params.score_from == "target":
                 with torch.no_grad():
-                    logits = self.scorer.logits(h[is_forget])
+                    logits = self.scorer.logits(h[is_forget]) * params.score_sharpness
                 parts = split_rows(seq[is_forget], len(loop.forget), logits)
                 self.target_logits = {row_key(row): part.to(logits.device) for row, (part,) in zip(loop.forget, parts)}
                 self.scorer.requires_grad_(False)

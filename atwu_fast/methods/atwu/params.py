@@ -42,6 +42,9 @@ class ATWUParams(LossWeights):
         "the hidden states the model step's scores come from: the model's at each step ('model'), or the target "
         "model's, before unlearning, scored once after pre-training and cached per forget token ('target'; "
         "the scorer is then fixed)", "model")
+    score_sharpness: float = option(
+        "with score_from 'target': the cached scores are sigma(k*z) for the scorer's logit z (k > 1 sharpens "
+        "them towards a 0/1 mask at g = 0.5)", 1.0)
     pretrain_retain_rows: int = option("retain QA pairs in the pre-training batch (contrast term)", 128)
     lambda_entropy: float = option("entropy regulariser weight", 1.0)
     lambda_budget: float = option("per-sequence budget penalty weight", 10.0)
@@ -61,6 +64,9 @@ class ATWUParams(LossWeights):
         check(0.0 < self.init_score < 1.0, "atwu.init_score must be in (0, 1)")
         check(self.scorer_lr >= 0, "atwu.scorer_lr must be >= 0")
         check(self.pretrain_steps >= 0, "atwu.pretrain_steps must be >= 0")
+        check(self.score_sharpness > 0, "atwu.score_sharpness must be > 0")
+        check(self.score_sharpness == 1.0 or self.score_from == "target",
+              "atwu.score_sharpness applies to cached scores only: set atwu.score_from target")
         check(self.pretrain_retain_rows >= 0, "atwu.pretrain_retain_rows must be >= 0")
         check(self.lambda_reward >= 0 and self.lambda_contrast >= 0, "atwu.lambda_reward/lambda_contrast must be >= 0")
         check(self.lambda_fit >= 0, "atwu.lambda_fit must be >= 0")

@@ -293,10 +293,11 @@ GRIDS: dict[str, Grid] = {
                              "its scorer frozen after pre-training, fitted to the target's NLL, or scoring the "
                              "target's hidden states, and WGA, at atwu_logfit's tuned values, on the tuning seeds "
                              "(1, 9) and exploration seeds 10-13 (the comparison's fresh seeds untouched)"),
-    "scorer_drift_frontier": Grid(SCORER_DRIFT, lrs=[8e-4, 1.2e-3, 1.6e-3, 2.4e-3], seeds=[1, 9, 10, 11, 12, 13],
+    "scorer_drift_frontier": Grid(SCORER_DRIFT + [SHARP_TARGET_SCORES], lrs=[8e-4, 1.2e-3, 1.6e-3, 2.4e-3], seeds=[1, 9, 10, 11, 12, 13],
                                   base=tuned_except_lr("atwu_logfit"), baseline="atwu_logfit", quick=False,
                                   intervals=True,
-                                  doc="the scorer-drift variants at atwu_logfit's tuned loss and scorer values over "
+                                  doc="the scorer-drift variants (the sharpened one added after scorer_drift) at "
+                                      "atwu_logfit's tuned loss and scorer values over "
                                       "four model learning rates around its tuned one (1.6e-3): utility at equal "
                                       "forget quality, same seeds as scorer_drift"),
     "scorer_drift_fresh": Grid([("atwu_logfit", "atwu_logfit", {}), SHARP_TARGET_SCORES, ("wga", "wga", {}),

@@ -17,7 +17,7 @@ from studies import sweep
 ROOT = Path(__file__).resolve().parents[2]
 KEPT = ROOT / "studies" / "results"
 GRIDS = ("compare", "compare_tofu")  # the README's results table
-STUDY_GRIDS = ("scorer_drift",)  # docs/studies/scorer_drift.md
+STUDY_GRIDS = ("scorer_drift", "scorer_drift_frontier", "scorer_drift_fresh")  # docs/studies/scorer_drift.md
 
 
 @pytest.mark.parametrize("grid", GRIDS + STUDY_GRIDS)

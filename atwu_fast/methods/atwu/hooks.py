@@ -123,7 +123,7 @@ class ScorerHooks(TrainingHooks):
         scorer_weight, scorer_bias = self.scorer.weight, self.scorer.bias
         if self.target_logits is not None:  # cached logits z as a one-column "hidden state": σ(1·z + 0) = g
             h_score = torch.zeros(h_score.shape[0], 1, dtype=torch.float32, device=h_score.device)
-            h_score[is_forget, 0] = self.batch_logits(loop, loop.forget_indices)
+            h_score[is_forget, 0] = self.cached_logits([loop.forget[i] for i in loop.forget_indices])
             scorer_weight, scorer_bias = torch.ones_like(scorer_weight[:1]), torch.zeros_like(scorer_bias)
         h_forget = h_score[is_forget]
         extra = torch.zeros(())
@@ -164,7 +164,7 @@ class ScorerHooks(TrainingHooks):
         """
         params, dist = self.params, loop.dist
         if self.target_logits is not None:
-            q.forget_weights = torch.sigmoid(self.batch_logits(loop, loop.forget_indices))
+            q.forget_weights = torch.sigmoid(self.cached_logits([loop.forget[i] for i in loop.forget_indices]))
             stats["score_mean"] = q.forget_weights.mean().item()
             stats["score_frac"] = (q.forget_weights > 0.5).float().mean().item()
             return torch.zeros(())
@@ -192,9 +192,9 @@ class ScorerHooks(TrainingHooks):
                                               dist.all_reduce_sum if dist.enabled else None)
         return extra
 
-    def batch_logits(self, loop, indices) -> Tensor:
-        """The cached target-model scorer logits of the forget rows ``indices``, in token order."""
-        return torch.cat([self.target_logits[row_key(loop.forget[i])] for i in indices])
+    def cached_logits(self, rows: list[dict]) -> Tensor:
+        """The cached target-model scorer logits of encoded forget ``rows``, in token order."""
+        return torch.cat([self.target_logits[row_key(r)] for r in rows])
 
     def scorer_nll(self, loop, q: TokenQuantities) -> Tensor:
         """The per-token NLL the scorer objective reads: the model's (``q.forget_nll``), or with
@@ -215,7 +215,7 @@ class ScorerHooks(TrainingHooks):
     # ------------------------------------------------------------------ evaluation, checkpoints, outputs
     def token_weights(self, tokens, rows) -> Tensor:
         if self.target_logits is not None and all(row_key(r) in self.target_logits for r in rows):
-            return torch.sigmoid(torch.cat([self.target_logits[row_key(r)] for r in rows]))
+            return torch.sigmoid(self.cached_logits(rows))
         return self.scorer(tokens.hidden(self.params.score_position)).detach()
 
     def optimised_modules(self) -> dict[str, torch.nn.Module]:

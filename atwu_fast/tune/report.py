@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +122,33 @@ def write_report(out_dir: Path, study: optuna.Study, method: str, best: dict, fr
     return doc
 
 
+@contextmanager
+def _locked_folder(folder: Path):
+    """Hold an exclusive lock on ``folder`` (POSIX; elsewhere nothing is locked): studies run side by side
+    that record into one file must not lose each other's entries between read and replace."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def record_tuned(path: Path, method: str, doc: dict) -> None:
     """Record the study's best setting for ``method`` in a tuned-values file (created when missing), with
-    the command that produced it and its fresh-seed summary."""
+    the command that produced it and its fresh-seed summary. The read, update and replace hold a lock on the
+    file's folder, so parallel studies recording into one file keep every entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked_folder(path.parent):
+        _update_tuned(path, method, doc)
+
+
+def _update_tuned(path: Path, method: str, doc: dict) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {}
     data.setdefault("methods", {})[method] = doc["params"]
     data.setdefault("studies", {})[method] = {"command": doc["command"], "objective": doc["objective"],

@@ -209,6 +209,8 @@ TOFU_LEVELS = (-45.0, -40.0, -35.0, -30.0, -25.0, -20.0, -15.0, -10.0)
 # re-evaluates on (its --tune.eval_seeds default), with the leak metric (it needs generation).
 COMPARED = list(METHODS)
 ORACLES = ("atwu_oracle", "atwu_oracle_facts")  # ground-truth masks: controls, not methods a user can run
+# The default and the methods nearest it (issue #32's item 3), re-tuned together on the converged tiny-TOFU pairs
+NEAREST = ("atwu_logfit", "wga", "npo", "rmu", "dpo", "atwu_frozen", "atwu_oracle_facts")
 TOFU_FQ_LEVEL = 1e-15  # the tiny-TOFU studies' --tune.fq_level: visible forgetting at laptop scale (target ≈ 1e-50)
 # Paired per-seed differences of the comparison: the default against every method, and each ATWU plug-in (and
 # learned scores) against what it plugs into (the frozen-score control for learned scores)
@@ -286,6 +288,12 @@ GRIDS: dict[str, Grid] = {
                          doc="every method at its tuned values on TOFU at laptop scale (package defaults where none "
                              "are tuned), 8 fresh seeds (each a fresh tiny pair, fine-tuned once), with generation: "
                              "the comparison table on real text"),
+    "compare_tofu_nearest": Grid([(name, name, {}) for name in NEAREST], lrs=[TUNED], seeds=TuneOptions().eval_seeds,
+                                 base=TOFU_TINY, quick=False, columns=compare_columns(TOFU_FQ_LEVEL), intervals=True,
+                                 controls=ORACLES, baseline="atwu_logfit", more_baselines=("wga",),
+                                 doc="the default and the methods nearest it, each re-tuned on the converged tiny "
+                                     "pairs (same budget for every method), on TOFU at laptop scale, 8 fresh seeds, "
+                                     "with generation (#32 item 3)"),
     "scorer_drift": Grid(SCORER_DRIFT + [SHARP_TARGET_SCORES, ("wga", "wga", {})], lrs=[TUNED], seeds=[1, 9, 10, 11, 12, 13],
                          baseline="atwu_logfit", quick=False, columns=compare_columns(TuneOptions().fq_level),
                          intervals=True,

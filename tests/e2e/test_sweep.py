@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,8 @@ from atwu_fast.config.options import merge
 from atwu_fast.methods import METHODS
 from atwu_fast.unlearn.experiment import ExperimentConfig
 from studies import sweep
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", sorted(sweep.GRIDS))
@@ -303,3 +306,14 @@ def test_trajectory_tables_average_each_checkpoint_over_seeds():
     assert "| a | 2 | 0.850 (1.5, 0.50) | 0.650 (3.0, 0.75) |" in text
     assert "| b | 2 | 0.300 (2.0) | - |" in text  # no scores: no share; no checkpoint at 20
     assert sweep.trajectory_tables(grid, {k: {**r, "checkpoints": []} for k, r in runs.items()}) == ""
+
+
+def test_tuned_except_lr_reads_the_shipped_file_even_when_the_suite_is_patched():
+    """Grids built at import take the shipped tuned values; the test session switches the suite's file off
+    (conftest), and the module must not depend on which test imported it first."""
+    from atwu_fast.suites.synthetic import SyntheticSuite
+
+    assert SyntheticSuite.tuned_file is None  # the autouse fixture is active
+    shipped = json.loads((ROOT / "atwu_fast" / "suites" / "synthetic" / "tuned.json").read_text())["methods"]
+    values = sweep.tuned_except_lr("atwu_logfit")
+    assert values == {k: v for k, v in shipped["atwu_logfit"].items() if k != "train.lr"} and values

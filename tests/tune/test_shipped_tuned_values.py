@@ -74,7 +74,9 @@ def test_tiny_tofu_values_apply_to_the_tiny_models_only():
 
 
 @pytest.mark.parametrize("grid_name, path", [("compare", SUITES["synthetic"].tuned_file),
-                                             ("compare_tofu", TinyTofuSuite.tuned_file)], ids=["synthetic", "tofu"])
+                                             ("compare_tofu", TinyTofuSuite.tuned_file),
+                                             ("compare_tofu_nearest", TinyTofuSuite.tuned_file)],
+                         ids=["synthetic", "tofu", "tofu-nearest"])
 def test_each_comparison_counts_seeds_at_the_level_its_studies_tuned_for(grid_name, path):
     import shlex
 

@@ -172,9 +172,9 @@ def tuned_except_lr(method: str) -> dict:
     """A method's shipped tuned values on the embedded benchmark without the model learning rate (a grid
     then sweeps the rate around the tuned loss and scorer values). Read from the shipped file itself, not
     through ``SyntheticSuite.tuned_file``, which a caller may have switched off when this module is imported."""
-    import atwu_fast.suites.synthetic as synthetic
+    from atwu_fast.suites.synthetic import TUNED_FILE
 
-    tuned = json.loads(Path(synthetic.__file__).with_name("tuned.json").read_text())["methods"][method]
+    tuned = json.loads(TUNED_FILE.read_text())["methods"][method]
     return {k: v for k, v in tuned.items() if k != "train.lr"}
 
 

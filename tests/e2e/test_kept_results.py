@@ -100,9 +100,10 @@ def test_tiny_tofu_first_run_numbers_are_the_kept_run():
     assert f"took {int(real[0])} min {int(real[1])} s wall" in doc
     for kind, steps, nll in re.findall(r"^  (target|retain): \d+ QA pairs, (\d+) steps, final answer NLL ([\d.]+)", kept, re.M):
         assert nll in doc and (steps in doc or kind == "target")
+    minutes = int(real[0]) + int(real[1]) / 60
     quoted = re.search(r"about (\d+) minutes on 2 cores the first time", (ROOT / "README.md").read_text())
-    assert quoted and abs(int(quoted.group(1)) - (int(real[0]) + int(real[1]) / 60)) <= 0.5
-    assert int(real[0]) + int(real[1]) / 60 <= 15  # the bound a first run of the default command keeps
+    assert quoted and abs(int(quoted.group(1)) - minutes) <= 0.5
+    assert minutes <= 15  # the bound a first run of the default command keeps
 
 
 def test_kept_pairs_table_regenerates_exactly_and_is_quoted_whole(tmp_path):

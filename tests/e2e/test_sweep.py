@@ -2,7 +2,6 @@
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,6 @@ from atwu_fast.config.options import merge
 from atwu_fast.methods import METHODS
 from atwu_fast.unlearn.experiment import ExperimentConfig
 from studies import sweep
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", sorted(sweep.GRIDS))
@@ -311,9 +308,9 @@ def test_trajectory_tables_average_each_checkpoint_over_seeds():
 def test_tuned_except_lr_reads_the_shipped_file_even_when_the_suite_is_patched():
     """Grids built at import take the shipped tuned values; the test session switches the suite's file off
     (conftest), and the module must not depend on which test imported it first."""
-    from atwu_fast.suites.synthetic import SyntheticSuite
+    from atwu_fast.suites.synthetic import TUNED_FILE, SyntheticSuite
 
     assert SyntheticSuite.tuned_file is None  # the autouse fixture is active
-    shipped = json.loads((ROOT / "atwu_fast" / "suites" / "synthetic" / "tuned.json").read_text())["methods"]
+    shipped = json.loads(TUNED_FILE.read_text())["methods"]
     values = sweep.tuned_except_lr("atwu_logfit")
     assert values == {k: v for k, v in shipped["atwu_logfit"].items() if k != "train.lr"} and values

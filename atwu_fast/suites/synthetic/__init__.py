@@ -38,6 +38,9 @@ COLUMNS: list[Column] = [  # the headline metrics (docs/benchmarks.md)
 __all__ = ["COLUMNS", "EvalConfig", "SyntheticConfig", "SyntheticSuite"]
 
 
+TUNED_FILE = Path(__file__).with_name("tuned.json")  # the shipped tuned values (python -m atwu_fast.tune)
+
+
 class SyntheticSuite(Suite):
     """``cfg`` sections used: data, tokenizer, model, pretrain, eval, cache_dir (and train, efficiency)."""
 
@@ -46,7 +49,7 @@ class SyntheticSuite(Suite):
                 "eval": EvalConfig}
     kind_names = FACT_KIND_NAMES
     columns = COLUMNS
-    tuned_file = Path(__file__).with_name("tuned.json")
+    tuned_file = TUNED_FILE
 
     def __init__(self, cfg):
         super().__init__(cfg)

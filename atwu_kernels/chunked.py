@@ -20,7 +20,9 @@ Two autograd functions run this sweep (or the fused-GEMM sweep of
 :mod:`atwu_kernels.triton_fused`, which has the same signature):
 
 * :class:`LinearTokenNLL` — per-token NLL with arbitrary upstream gradient ``g``. Forward keeps
-  only ``lse`` (O(N)); backward recomputes each chunk's logits with ``c_i = g_i`` (8·N·D·V FLOPs).
+  only ``lse`` (O(N)); backward recomputes each chunk's logits with ``c_i = g_i`` (8·N·D·V FLOPs)
+  — or, when the plan keeps the logits (:mod:`atwu_kernels.kept`), backward uses the forward's
+  (6·N·D·V FLOPs, ``N'·V`` logits held in between).
 * :class:`FusedLinearLoss` — a scalar ``L = Σ c_i ℓ_i`` whose ``c_i`` may depend on the detached
   ``ℓ_i``. Gradients are formed during forward (6·N·D·V FLOPs) in the parameters' dtypes; the
   backward scales them in place by the scalar upstream gradient and hands them out.
@@ -39,6 +41,7 @@ import torch
 from .coefficients import AtwuCoefficients
 from .gemm_accumulate import WeightGradAccumulator, hidden_grad_into
 from .inputs import no_autocast
+from .kept import KeptLogits, keeps_logits
 from .transform import LogitTransform
 
 
@@ -61,6 +64,7 @@ class Plan:
     chunk_size: int
     ignore_index: int
     compute_dtype: torch.dtype
+    keep_logits: bool | None = None  # LinearTokenNLL: keep the logits for backward (None: auto, see kept)
 
     def sweep(self, hidden, weight, bias, labels, *, lse=None, coefficients=None, **kwargs) -> SweepResult:
         """The backend's sweep; on CPU over the counted rows only (:func:`counted_rows`)."""
@@ -105,10 +109,13 @@ def expand_rows(result: SweepResult, rows: torch.Tensor, hidden_shape) -> SweepR
                        full(result.grad_hidden, hidden_shape), result.grad_weight, result.grad_bias)
 
 
-def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """``out ← h Wᵀ (+ b)``: one logits buffer for every chunk of a sweep, so the pages of a
+    freshly allocated chunk-sized buffer are not faulted in again per chunk (on CPU that costs
+    about a fifth of the logits GEMM at V=32000)."""
     if bias is None:
-        return h @ weight.t()
-    return torch.addmm(bias, h, weight.t())
+        return torch.mm(h, weight.t(), out=out)
+    return torch.addmm(bias, h, weight.t(), out=out)
 
 
 def sweep(
@@ -157,13 +164,14 @@ def sweep(
         torch.zeros(weight.shape[0], dtype=torch.float32, device=device) if want_any_grad and want_grad_bias else None
     )
     workspace = ops.workspace(min(chunk_size, n_rows), weight.shape[0], device)
+    logits = torch.empty(min(chunk_size, n_rows), weight.shape[0], dtype=hidden.dtype, device=device)
 
     for start in range(0, n_rows, chunk_size):
         rows = slice(start, min(start + chunk_size, n_rows))
         h = hidden[rows]
         y = labels[rows]
         valid = y != plan.ignore_index
-        z = _chunk_logits(h, weight, bias)
+        z = _chunk_logits(h, weight, bias, logits[: h.shape[0]])
         if compute_stats and coefficients is not None:
             lse[rows], nll[rows], coeff_all[rows] = ops.chunk_stats_coeff_grad_(
                 z, y, valid, plan.transform, plan.ignore_index, coefficients, rows, want_any_grad, workspace
@@ -182,7 +190,7 @@ def sweep(
                 grad_weight.add(z, h)
             if grad_bias is not None:
                 grad_bias.add_(z.sum(dim=0, dtype=torch.float32))
-        del z  # before the next chunk's buffer is allocated
+        del z
 
     return SweepResult(
         lse, nll, coeff_all, grad_hidden, None if grad_weight is None else grad_weight.result(), grad_bias
@@ -206,12 +214,50 @@ def forward_stats(hidden, weight, bias, labels, plan: Plan, coefficients=None) -
         )
 
 
+class _KeptRows:
+    """:class:`KeptLogits` of the counted rows (:func:`counted_rows`), seen as all ``N`` rows."""
+
+    def __init__(self, kept: KeptLogits, rows: torch.Tensor | None, hidden_shape):
+        self.kept, self.rows, self.hidden_shape = kept, rows, hidden_shape
+
+    def _full(self, result: SweepResult) -> SweepResult:
+        return result if self.rows is None else expand_rows(result, self.rows, self.hidden_shape)
+
+    def stats(self) -> SweepResult:
+        return self._full(SweepResult(self.kept.lse, self.kept.nll, None, None, None, None))
+
+    def gradients(self, coeff: torch.Tensor, needs, grad_dtypes) -> SweepResult:
+        coeff = coeff if self.rows is None else coeff[self.rows]
+        grads = self.kept.gradients(coeff, *needs, grad_dtypes)
+        return self._full(SweepResult(None, None, None, *grads))
+
+
+def keep_forward(hidden, weight, bias, labels, plan: Plan) -> _KeptRows | None:
+    """The forward of a call that keeps its logits (:mod:`atwu_kernels.kept`), or ``None`` when the
+    plan does not keep them for this problem."""
+    rows = counted_rows(labels, plan.ignore_index, None)
+    n_kept = labels.shape[0] if rows is None else rows.shape[0]
+    if not keeps_logits(plan.keep_logits, plan.backend.name, hidden.device, plan.compute_dtype, n_kept,
+                        weight.shape[0]):  # fmt: skip
+        return None
+    with no_autocast(hidden.device):
+        dtype = plan.compute_dtype
+        h, w, b = _cast(hidden, dtype), _cast(weight, dtype), _cast(bias, dtype)
+        y = labels
+        if rows is not None:
+            h, y = h[rows], labels[rows]
+        kept = KeptLogits(h, w, b, y, y != plan.ignore_index, plan.transform)
+    return _KeptRows(kept, rows, hidden.shape)
+
+
 class LinearTokenNLL(torch.autograd.Function):
-    """``nll_i = lse(t(H_i Wᵀ + b)) − t(H_i Wᵀ + b)_{y_i}``; stores only ``lse`` for backward."""
+    """``nll_i = lse(t(H_i Wᵀ + b)) − t(H_i Wᵀ + b)_{y_i}``; stores ``lse`` for backward and, when the
+    plan keeps them, the logits (used by the first backward; a second one recomputes)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, plan):
-        result = forward_stats(hidden, weight, bias, labels, plan)
+        ctx.kept = keep_forward(hidden, weight, bias, labels, plan)
+        result = forward_stats(hidden, weight, bias, labels, plan) if ctx.kept is None else ctx.kept.stats()
         ctx.save_for_backward(hidden, weight, bias, labels, result.lse)
         ctx.plan = plan
         return result.nll
@@ -221,6 +267,12 @@ class LinearTokenNLL(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         plan: Plan = ctx.plan
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        if ctx.kept is not None:
+            kept, ctx.kept = ctx.kept, None  # its blocks are freed as they are used
+            with no_autocast(hidden.device):
+                result = kept.gradients(grad_nll.to(torch.float32), (need_h, need_w, need_b and bias is not None),
+                                        (hidden.dtype, weight.dtype))  # fmt: skip
+            return result.grad_hidden, result.grad_weight, _cast(result.grad_bias, _dtype(bias)), None, None
         with no_autocast(hidden.device):
             dtype = plan.compute_dtype
             result = plan.sweep(

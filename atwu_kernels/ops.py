@@ -41,19 +41,23 @@ def auto_chunk_size(n_rows: int, vocab: int, dim: int, itemsize: int, device: to
     return max(128, CUDA_LOGITS_BUDGET // row_bytes // 128 * 128)
 
 
-def make_plan(p: Prepared, impl, softcap, logit_scale, chunk_size, ignore_index) -> Plan:
+def make_plan(p: Prepared, impl, softcap, logit_scale, chunk_size, ignore_index, keep_logits=None) -> Plan:
     if chunk_size is None:
         chunk_size = auto_chunk_size(
             p.hidden.shape[0], p.weight.shape[0], p.weight.shape[1], p.compute_dtype.itemsize, p.hidden.device
         )
     elif int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    backend = backend_for(p.hidden.device, impl)
+    if keep_logits and backend.name != "torch":
+        raise ValueError(f"keep_logits=True needs impl='torch' (the {backend.name!r} backend recomputes the logits)")
     return Plan(
-        backend=backend_for(p.hidden.device, impl),
+        backend=backend,
         transform=LogitTransform.build(logit_scale, softcap),
         chunk_size=int(chunk_size),
         ignore_index=ignore_index,
         compute_dtype=p.compute_dtype,
+        keep_logits=None if keep_logits is None else bool(keep_logits),
     )
 
 
@@ -76,16 +80,21 @@ def linear_token_nll(
     logit_scale: float | None = None,
     chunk_size: int | None = None,
     impl: str | None = None,
+    keep_logits: bool | None = None,
 ) -> torch.Tensor:
     """Per-token NLL ``ℓ_i = logsumexp(t_i) − t_{i,y_i}`` (fp32; 0 on ignored rows), shape ``labels.shape``.
 
-    Differentiable in ``hidden``, ``weight`` and ``bias`` for any upstream gradient ``g``:
-    backward recomputes each chunk's logits and back-propagates ``g_i·(softmax(t_i) − onehot(y_i))``
-    (8·N·D·V FLOPs in all: 2 forward, 6 backward). Labels must be in ``[0, V)`` or ``ignore_index``.
+    Differentiable in ``hidden``, ``weight`` and ``bias`` for any upstream gradient ``g``, which
+    back-propagates ``g_i·(softmax(t_i) − onehot(y_i))``. Either backward recomputes each chunk's
+    logits (8·N·D·V FLOPs in all, one chunk of logits at a time), or the forward keeps the
+    counted rows' logits for it (``keep_logits``; 6·N·D·V FLOPs, ``N'·V`` logits held between
+    forward and backward, :mod:`atwu_kernels.kept`). ``keep_logits=None``: kept on CPU with the
+    torch backend in fp32 when they fit 1 GiB, else recomputed; ``True`` needs ``impl="torch"``.
+    Labels must be in ``[0, V)`` or ``ignore_index``.
     """
     p = prepare(hidden, weight, labels, bias, ignore_index)
     impl = choose("token_nll", impl, hidden, weight, bias, softcap=softcap, logit_scale=logit_scale)
-    plan = make_plan(p, impl, softcap, logit_scale, chunk_size, ignore_index)
+    plan = make_plan(p, impl, softcap, logit_scale, chunk_size, ignore_index, keep_logits)
     if p.any_grad:
         nll = LinearTokenNLL.apply(p.hidden, p.weight, p.bias, p.labels, plan)
     else:
@@ -117,6 +126,7 @@ def weighted_linear_cross_entropy(
     logit_scale: float | None = None,
     chunk_size: int | None = None,
     impl: str | None = None,
+    keep_logits: bool | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of ``hidden @ weightᵀ`` with constant per-token weights ``w`` (detached).
 
@@ -126,7 +136,7 @@ def weighted_linear_cross_entropy(
 
     ``"mean"``/``"sum"`` use the gradient-in-forward path (``c_i = w_i / denominator``, 6·N·D·V FLOPs
     with gradients, 2·N·D·V without); ``"none"`` goes through :func:`linear_token_nll` so any upstream
-    gradient works.
+    gradient works (``keep_logits`` applies to that path only).
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -143,6 +153,7 @@ def weighted_linear_cross_entropy(
             logit_scale=logit_scale,
             chunk_size=chunk_size,
             impl=impl,
+            keep_logits=keep_logits,
         )
         return nll * weights.reshape(labels.shape)
     if reduction == "mean":

@@ -203,12 +203,15 @@ def _compiled_kernels():
     return _compile_state["kernels"]
 
 
-def _use_compiled(z: torch.Tensor) -> bool:
+def _use_compiled(z: torch.Tensor, elements: int | None = None) -> bool:
+    """Compiled row ops for ``z``? ``elements``: the logits of the whole problem ``z`` is part of
+    (a column block of kept logits, :mod:`atwu_kernels.kept`), default ``z``'s own."""
     mode = os.environ.get(COMPILE_ENV, "auto")
+    elements = z.numel() if elements is None else elements
     return (
         z.device.type == "cpu"
         and not _compile_state["failed"]
-        and (mode == "1" or (mode not in ("0", "1") and z.numel() >= COMPILE_MIN_ELEMENTS))
+        and (mode == "1" or (mode not in ("0", "1") and elements >= COMPILE_MIN_ELEMENTS))
         and not torch.compiler.is_compiling()
         and _python_dispatch._get_current_dispatch_mode() is None  # e.g. an op-counting mode: eager ops
         and not torch._C._is_torch_function_mode_enabled()
@@ -237,9 +240,9 @@ def _run_compiled(index: int, *args):
         return None, False
 
 
-def _chunk_stats(z, labels, valid, transform: LogitTransform, scratch):
+def _chunk_stats(z, labels, valid, transform: LogitTransform, scratch, elements: int | None = None):
     """``(lse, nll)`` of one chunk (compiled when it can be, else row block by row block)."""
-    if _use_compiled(z):
+    if _use_compiled(z, elements):
         stages = (transform.scale is not None, transform.softcap is not None)
         out, ok = _run_compiled(0, z, labels, valid, _params(transform, z.device), *stages)
         if ok:
@@ -251,14 +254,26 @@ def _chunk_stats(z, labels, valid, transform: LogitTransform, scratch):
     return lse, torch.where(valid, lse - target, 0.0)
 
 
-def _chunk_grad_(z, labels, lse, coeff, transform: LogitTransform, scratch) -> None:
+def _chunk_grad_(z, labels, lse, coeff, transform: LogitTransform, scratch, elements: int | None = None) -> None:
     """``z ← ∂L/∂z`` (compiled when it can be, else :func:`_grad_`)."""
-    if _use_compiled(z):
+    if _use_compiled(z, elements):
         stages = (transform.scale is not None, transform.softcap is not None)
         _, ok = _run_compiled(1, z, labels, lse, coeff, _params(transform, z.device), *stages)
         if ok:
             return
     _grad_(z, labels, lse, coeff, transform, scratch)
+
+
+def block_lse(z, labels, valid, transform: LogitTransform, scratch, elements: int) -> torch.Tensor:
+    """Log-sum-exp over the columns of ``z``, a column block of a larger problem (``labels``
+    shifted to the block; only ``lse`` is used)."""
+    return _chunk_stats(z, labels, valid, transform, scratch, elements)[0]
+
+
+def block_grad_(z, labels, lse, coeff, transform: LogitTransform, scratch, elements: int) -> None:
+    """``z ← ∂L/∂z`` for a column block of a larger problem: ``lse`` is the whole row's, ``labels``
+    shifted to the block (a label outside it matches no column, so no one-hot term is subtracted)."""
+    _chunk_grad_(z, labels, lse, coeff, transform, scratch, elements)
 
 
 class TorchRowOps:

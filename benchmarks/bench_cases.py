@@ -54,10 +54,12 @@ def make_problem(n: int, d: int, v: int, dtype=torch.float32, device="cpu", seed
     )  # fmt: skip
 
 
-def flops(op: str, n: int, d: int, v: int) -> int:
-    """FLOPs of one forward + backward as this package computes it (the GEMMs; row work is O(N·V))."""
+def flops(op: str, n: int, d: int, v: int, logits_kept: bool = False) -> int:
+    """FLOPs of one forward + backward as this package computes it (the GEMMs; row work is O(N·V));
+    ``logits_kept``: the token NLL keeps its logits for backward (the CPU fp32 default) instead of
+    recomputing them."""
     gemm = 2 * n * d * v
-    return {"token_nll": 4 * gemm, "weighted_ce": 3 * gemm, "mean_ce": 3 * gemm, "atwu_head": 3 * gemm + 4 * n * d}[op]
+    return {"token_nll": (3 if logits_kept else 4) * gemm, "weighted_ce": 3 * gemm, "mean_ce": 3 * gemm, "atwu_head": 3 * gemm + 4 * n * d}[op]
 
 
 def atwu_loss_from_nll(nll: torch.Tensor, p: Problem) -> torch.Tensor:
@@ -85,11 +87,12 @@ def naive_loss(op: str, p: Problem) -> torch.Tensor:
     return loss_from_nll(op, nll, p)
 
 
-def fused_loss(op: str, p: Problem, impl: str | None = None) -> torch.Tensor:
+def fused_loss(op: str, p: Problem, impl: str | None = None, keep_logits: bool | None = None) -> torch.Tensor:
     from atwu_kernels import atwu_head, linear_token_nll, weighted_linear_cross_entropy
 
     if op == "token_nll":
-        return (linear_token_nll(p.hidden, p.weight, p.labels, impl=impl) * p.token_weights).sum()
+        nll = linear_token_nll(p.hidden, p.weight, p.labels, impl=impl, keep_logits=keep_logits)
+        return (nll * p.token_weights).sum()
     if op == "weighted_ce":
         return weighted_linear_cross_entropy(p.hidden, p.weight, p.labels, p.token_weights, reduction="sum", impl=impl)
     if op == "mean_ce":
@@ -99,9 +102,12 @@ def fused_loss(op: str, p: Problem, impl: str | None = None) -> torch.Tensor:
 
 
 def loss_fn(op: str, variant: str, p: Problem) -> torch.Tensor:
-    """``variant``: ``naive``, ``fused`` (default dispatch), ``fused:<impl>`` or ``peer:<name>``."""
+    """``variant``: ``naive``, ``fused`` (default dispatch), ``fused:<impl>``, ``fused-recomputed``
+    (default dispatch, the token NLL's logits recomputed in backward rather than kept) or ``peer:<name>``."""
     if variant == "naive":
         return naive_loss(op, p)
+    if variant == "fused-recomputed":
+        return fused_loss(op, p, keep_logits=False)
     if variant == "fused" or variant.startswith("fused:"):
         return fused_loss(op, p, variant.partition(":")[2] or None)
     if variant.startswith("peer:"):

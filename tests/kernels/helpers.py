@@ -17,6 +17,14 @@ def triton_available() -> bool:
 
 _NEEDS_TRITON = pytest.mark.skipif(not triton_available(), reason="needs CUDA or TRITON_INTERPRET=1")
 IMPLS = ["torch", pytest.param("triton", marks=_NEEDS_TRITON), pytest.param("triton_fused", marks=_NEEDS_TRITON)]
+# linear_token_nll's paths: the torch backend with its logits kept for backward (the CPU fp32
+# default) and recomputed in backward, and each Triton backend (which always recomputes)
+TOKEN_NLL_PATHS = [
+    pytest.param("torch", True, id="torch-kept"),
+    pytest.param("torch", False, id="torch-recomputed"),
+    pytest.param("triton", None, marks=_NEEDS_TRITON, id="triton"),
+    pytest.param("triton_fused", None, marks=_NEEDS_TRITON, id="triton_fused"),
+]
 
 
 def device() -> torch.device:

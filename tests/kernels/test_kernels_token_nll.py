@@ -9,6 +9,7 @@ from helpers import (
     BF16_U,
     IGNORE,
     IMPLS,
+    TOKEN_NLL_PATHS,
     as64,
     assert_close,
     assert_within,
@@ -17,7 +18,14 @@ from helpers import (
     reference_nll,
 )
 
-from atwu_kernels import linear_token_nll, weighted_linear_cross_entropy
+from atwu_kernels import kept, linear_token_nll, weighted_linear_cross_entropy
+
+
+@pytest.fixture(autouse=True)
+def narrow_kept_blocks(monkeypatch):
+    """Kept logits in blocks of 37 columns, so every problem here with V > 37 spans several blocks
+    (labels in the first, a middle and the last, partial block)."""
+    monkeypatch.setattr(kept, "block_columns", lambda n_rows, vocab, itemsize: min(vocab, 37))
 
 
 def _grads(*tensors):
@@ -26,6 +34,7 @@ def _grads(*tensors):
 
 def _check_token_nll(
     impl,
+    keep,
     n,
     d,
     v,
@@ -45,8 +54,9 @@ def _check_token_nll(
     )
     upstream = torch.rand(labels.shape, generator=torch.Generator().manual_seed(seed + 1)).to(hidden.device) * 3 - 1
     nll = linear_token_nll(
-        hidden, weight, labels, bias=b, softcap=softcap, logit_scale=logit_scale, chunk_size=chunk, impl=impl
-    )
+        hidden, weight, labels, bias=b, softcap=softcap, logit_scale=logit_scale, chunk_size=chunk, impl=impl,
+        keep_logits=keep,
+    )  # fmt: skip
     assert nll.shape == labels.shape and nll.dtype == torch.float32
     (nll * upstream).sum().backward()
 
@@ -60,40 +70,40 @@ def _check_token_nll(
             assert_close(got, want, rtol=rtol, what=f"grad {name}")
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl, keep", TOKEN_NLL_PATHS)
 @pytest.mark.parametrize(
     "n, d, v, chunk",
     [(1, 16, 17, 4), (47, 31, 123, 16), (130, 64, 1000, 64), (200, 24, 2100, 1024)],
 )
-def test_token_nll_matches_float64_reference(impl, n, d, v, chunk):
-    _check_token_nll(impl, n, d, v, chunk=chunk)
+def test_token_nll_matches_float64_reference(impl, keep, n, d, v, chunk):
+    _check_token_nll(impl, keep, n, d, v, chunk=chunk)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl, keep", TOKEN_NLL_PATHS)
 @pytest.mark.parametrize("softcap, logit_scale, bias", [(2.0, None, False), (None, 0.37, True), (5.0, 1.7, True)])
-def test_token_nll_transforms_and_bias(impl, softcap, logit_scale, bias):
-    _check_token_nll(impl, 61, 32, 517, chunk=32, softcap=softcap, logit_scale=logit_scale, bias=bias, seed=3)
+def test_token_nll_transforms_and_bias(impl, keep, softcap, logit_scale, bias):
+    _check_token_nll(impl, keep, 61, 32, 517, chunk=32, softcap=softcap, logit_scale=logit_scale, bias=bias, seed=3)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_token_nll_batched_input(impl):
-    _check_token_nll(impl, None, 16, 301, chunk=7, lead=(3, 11), ignore_every=4, seed=5)
+@pytest.mark.parametrize("impl, keep", TOKEN_NLL_PATHS)
+def test_token_nll_batched_input(impl, keep):
+    _check_token_nll(impl, keep, None, 16, 301, chunk=7, lead=(3, 11), ignore_every=4, seed=5)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_token_nll_huge_logits(impl):
+@pytest.mark.parametrize("impl, keep", TOKEN_NLL_PATHS)
+def test_token_nll_huge_logits(impl, keep):
     """Logits around ±1e4 must not overflow the softmax (online max subtraction)."""
     hidden, weight, labels, _ = make_problem(40, 16, 200, seed=7, hidden_scale=2500.0)
     z = (hidden @ weight.t()).detach()
     assert z.abs().max() > 5e3
-    _check_token_nll(impl, 40, 16, 200, chunk=16, hidden_scale=2500.0, seed=7, rtol=1e-4)
+    _check_token_nll(impl, keep, 40, 16, 200, chunk=16, hidden_scale=2500.0, seed=7, rtol=1e-4)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_all_ignored_batch_is_finite_zero(impl):
+@pytest.mark.parametrize("impl, keep", TOKEN_NLL_PATHS)
+def test_all_ignored_batch_is_finite_zero(impl, keep):
     hidden, weight, labels, _ = make_problem(20, 16, 50, seed=1)
     labels = torch.full_like(labels, IGNORE)
-    nll = linear_token_nll(hidden, weight, labels, impl=impl, chunk_size=8)
+    nll = linear_token_nll(hidden, weight, labels, impl=impl, chunk_size=8, keep_logits=keep)
     (nll * 2.0).sum().backward()
     assert torch.equal(nll, torch.zeros_like(nll))
     assert torch.equal(hidden.grad, torch.zeros_like(hidden)) and torch.equal(weight.grad, torch.zeros_like(weight))
@@ -110,13 +120,13 @@ def test_empty_input():
     assert nll.shape == (0,) and weight.grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_bf16_inputs_within_bf16_bounds(impl):
+@pytest.mark.parametrize("impl, keep", TOKEN_NLL_PATHS)
+def test_bf16_inputs_within_bf16_bounds(impl, keep):
     """bf16 leaves: gradients come back in bf16, within the bf16 error bounds plus the final rounding
     of each gradient to bf16 (≤ 2u of its value: round to nearest, or truncation under the interpreter)."""
     hidden, weight, labels, _ = make_problem(64, 32, 300, seed=2, ignore_every=6, dtype=torch.bfloat16)
     upstream = torch.rand(labels.shape).to(hidden.device) * 2 - 0.5
-    nll = linear_token_nll(hidden, weight, labels, impl=impl, chunk_size=32)
+    nll = linear_token_nll(hidden, weight, labels, impl=impl, chunk_size=32, keep_logits=keep)
     (nll * upstream).sum().backward()
     assert hidden.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.bfloat16
     h64, w64 = as64(hidden), as64(weight)  # bf16 values, exactly

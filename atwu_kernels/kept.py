@@ -1,0 +1,127 @@
+"""Kept logits: the forward's logits held for the backward, in column blocks (torch backend).
+
+:class:`~atwu_kernels.chunked.LinearTokenNLL` normally keeps only ``lse`` and recomputes each
+chunk's logits in backward, because the upstream gradient ``g`` is unknown in forward: 8·N·D·V
+FLOPs. When the logits may stay in memory (``keep_logits``, :func:`keeps_logits`), backward needs
+only the two gradient GEMMs — 6·N·D·V FLOPs, like a materialised-logits path — and this module
+holds them so that its peak stays below that path's:
+
+* the logits of the counted rows are kept as **column blocks** ``Z_b = H W_bᵀ (+ b_b)``
+  (``N' × w`` each, ``w`` columns of the vocabulary, ``N'·V·s`` bytes in all);
+* forward: per block, the block's log-sum-exp; ``lse = logaddexp`` over blocks (exact: a
+  log-sum-exp of disjoint column sets), and the label's logit from the block that holds it;
+* backward, per block: ``Z_b ← G_b = c ⊙ (softmax − onehot)·dt/dz`` in place, then
+  ``dH += G_b W_b``, ``dW_b = G_bᵀ H`` (a whole slice of ``dW`` from one GEMM: no accumulation
+  across blocks), ``db_b = Σ_rows G_b``; the block is then freed. ``dW`` is assembled from its
+  slices after the last block, so the kept logits and ``dW`` are never both whole in memory:
+  the peak is ``N'·V·s`` plus one block's slice of ``dW``, below the ``N'·V·s + V·D·s`` of a
+  materialised-logits path that keeps its logits and then forms ``dW``.
+
+A block of ``≈ BLOCK_BYTES`` stays in the last-level cache between the GEMM that writes it and
+the row pass that reads it, which also makes the GEMMs of a block sweep a little faster than
+those of row chunks on CPU (``benchmarks/cpu_peer_timing.py``).
+
+The row work is :mod:`atwu_kernels.torch_impl`'s (compiled on CPU for large problems), applied
+to a block with the labels shifted by the block's first column. The same ``Σ_i c_i ℓ_i`` form
+serves every op: ``c_i = g_i`` for the NLL's backward (:mod:`atwu_kernels.coefficients`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import torch_impl
+from .transform import LogitTransform
+
+KEPT_LOGITS_BUDGET = 1 << 30  # bytes of kept logits ``keep_logits=None`` allows (CPU, torch backend)
+BLOCK_BYTES = 16 << 20  # target bytes of one column block
+MIN_BLOCK_COLUMNS = 256
+
+
+def keeps_logits(keep_logits: bool | None, backend_name: str, device: torch.device, compute_dtype: torch.dtype,
+                 n_rows: int, vocab: int) -> bool:  # fmt: skip
+    """Does a call keep its logits? An explicit choice is followed; ``None`` (auto) keeps them on
+    CPU with the torch backend in fp32 when ``N'·V·4`` bytes fit :data:`KEPT_LOGITS_BUDGET` (on
+    CUDA memory is what the fused losses are for, so the default there never keeps)."""
+    if keep_logits is not None:
+        return bool(keep_logits)
+    return (
+        backend_name == "torch"
+        and device.type == "cpu"
+        and compute_dtype == torch.float32
+        and n_rows * vocab * 4 <= KEPT_LOGITS_BUDGET
+    )
+
+
+def block_columns(n_rows: int, vocab: int, itemsize: int) -> int:
+    """Columns per block: about :data:`BLOCK_BYTES` of logits, a multiple of 128, at least
+    :data:`MIN_BLOCK_COLUMNS` (narrower GEMMs lose speed), at most ``V``."""
+    width = BLOCK_BYTES // max(1, n_rows * itemsize) // 128 * 128
+    return min(vocab, max(MIN_BLOCK_COLUMNS, width))
+
+
+class KeptLogits:
+    """The counted rows' logits in column blocks, their ``lse`` and ``nll``; gradients once."""
+
+    def __init__(self, hidden, weight, bias, labels, valid, transform: LogitTransform):
+        self.hidden, self.weight, self.bias, self.labels, self.valid = hidden, weight, bias, labels, valid
+        self.transform = transform
+        n_rows, vocab = hidden.shape[0], weight.shape[0]
+        self.width = block_columns(n_rows, vocab, hidden.dtype.itemsize)
+        self.elements = n_rows * vocab  # decides compiled vs eager row ops, as for a whole chunk
+        self.scratch = torch_impl.workspace(n_rows, self.width, hidden.device)
+        self.blocks: list[tuple[int, torch.Tensor]] = []
+        lse = torch.full((n_rows,), float("-inf"), dtype=torch.float32, device=hidden.device)
+        target = torch.zeros(n_rows, dtype=hidden.dtype, device=hidden.device)
+        for start in range(0, vocab, self.width):
+            z = self._logits(start)
+            local = labels - start
+            lse = torch.logaddexp(lse, torch_impl.block_lse(z, local, valid, transform, self.scratch, self.elements))
+            inside = (local >= 0) & (local < z.shape[1])
+            picked = z.gather(1, local.clamp(0, z.shape[1] - 1).unsqueeze(1)).squeeze(1)
+            target = torch.where(inside, picked, target)
+            self.blocks.append((start, z))
+        self.lse = lse
+        self.nll = torch.where(valid, lse - transform.apply(target), 0.0)
+
+    def _logits(self, start: int) -> torch.Tensor:
+        w = self.weight[start : start + self.width]
+        if self.bias is None:
+            return self.hidden @ w.t()
+        return torch.addmm(self.bias[start : start + self.width], self.hidden, w.t())
+
+    @property
+    def consumed(self) -> bool:
+        return not self.blocks
+
+    def gradients(self, coeff: torch.Tensor, want_hidden: bool, want_weight: bool, want_bias: bool,
+                  grad_dtypes: tuple[torch.dtype, torch.dtype]):  # fmt: skip
+        """``(dH, dW, db)`` of ``Σ c_i ℓ_i`` (``coeff`` fp32 over the kept rows; ``None`` for a
+        gradient not wanted; ``db`` fp32). Frees each block once used: callable once."""
+        if self.consumed:
+            raise RuntimeError("atwu_kernels: the kept logits were already used by a backward")
+        coeff = torch.where(self.valid, coeff.to(torch.float32), 0.0).contiguous()
+        hidden_dtype, weight_dtype = grad_dtypes
+        grad_hidden = torch.zeros(self.hidden.shape, dtype=torch.float32, device=self.hidden.device) if want_hidden else None
+        weight_slices, bias_slices = [], []
+        while self.blocks:
+            start, z = self.blocks.pop(0)
+            torch_impl.block_grad_(z, self.labels - start, self.lse, coeff, self.transform, self.scratch,
+                                   self.elements)  # fmt: skip
+            w = self.weight[start : start + z.shape[1]]
+            if grad_hidden is not None:
+                if z.dtype == torch.float32:
+                    grad_hidden.addmm_(z, w)
+                else:
+                    grad_hidden.add_(z @ w)
+            if want_weight:
+                weight_slices.append((z.t() @ self.hidden).to(weight_dtype))
+            if want_bias:
+                bias_slices.append(z.sum(dim=0, dtype=torch.float32))
+            del z
+        grad_weight = torch.cat(weight_slices) if want_weight else None
+        del weight_slices
+        grad_bias = torch.cat(bias_slices) if want_bias else None
+        if grad_hidden is not None and grad_hidden.dtype != hidden_dtype:
+            grad_hidden = grad_hidden.to(hidden_dtype)
+        return grad_hidden, grad_weight, grad_bias

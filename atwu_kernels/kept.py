@@ -17,9 +17,10 @@ holds them so that its peak stays below that path's:
   the peak is ``N'·V·s`` plus one block's slice of ``dW``, below the ``N'·V·s + V·D·s`` of a
   materialised-logits path that keeps its logits and then forms ``dW``.
 
-A block of ``≈ BLOCK_BYTES`` stays in the last-level cache between the GEMM that writes it and
-the row pass that reads it, which also makes the GEMMs of a block sweep a little faster than
-those of row chunks on CPU (``benchmarks/cpu_peer_timing.py``).
+Blocks are :data:`BLOCK_COLUMNS` wide: on CPU, widths from 512 to 8192 columns timed within a few
+percent of each other at N' = 1755 and 7022 counted rows (``python benchmarks/kept_block_width.py``,
+kept in ``benchmarks/results/``), so one width serves every vocabulary: wide enough for efficient
+GEMMs and few read-modify-writes of the fp32 ``dH``, narrow enough to leave many blocks to free.
 
 The row work is :mod:`atwu_kernels.torch_impl`'s (compiled on CPU for large problems), applied
 to a block with the labels shifted by the block's first column. The same ``Σ_i c_i ℓ_i`` form
@@ -34,8 +35,7 @@ from . import torch_impl
 from .transform import LogitTransform
 
 KEPT_LOGITS_BUDGET = 1 << 30  # bytes of kept logits ``keep_logits=None`` allows (CPU, torch backend)
-BLOCK_BYTES = 16 << 20  # target bytes of one column block
-MIN_BLOCK_COLUMNS = 256
+BLOCK_COLUMNS = 2048  # vocabulary columns per kept block
 
 
 def keeps_logits(keep_logits: bool | None, backend_name: str, device: torch.device, compute_dtype: torch.dtype,
@@ -53,11 +53,9 @@ def keeps_logits(keep_logits: bool | None, backend_name: str, device: torch.devi
     )
 
 
-def block_columns(n_rows: int, vocab: int, itemsize: int) -> int:
-    """Columns per block: about :data:`BLOCK_BYTES` of logits, a multiple of 128, at least
-    :data:`MIN_BLOCK_COLUMNS` (narrower GEMMs lose speed), at most ``V``."""
-    width = BLOCK_BYTES // max(1, n_rows * itemsize) // 128 * 128
-    return min(vocab, max(MIN_BLOCK_COLUMNS, width))
+def block_columns(vocab: int) -> int:
+    """Columns per kept block: :data:`BLOCK_COLUMNS`, or ``V`` when smaller."""
+    return min(vocab, BLOCK_COLUMNS)
 
 
 class KeptLogits:
@@ -67,7 +65,7 @@ class KeptLogits:
         self.hidden, self.weight, self.bias, self.labels, self.valid = hidden, weight, bias, labels, valid
         self.transform = transform
         n_rows, vocab = hidden.shape[0], weight.shape[0]
-        self.width = block_columns(n_rows, vocab, hidden.dtype.itemsize)
+        self.width = block_columns(vocab)
         self.elements = n_rows * vocab  # decides compiled vs eager row ops, as for a whole chunk
         self.scratch = torch_impl.workspace(n_rows, self.width, hidden.device)
         self.blocks: list[tuple[int, torch.Tensor]] = []

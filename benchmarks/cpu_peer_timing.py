@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import statistics
 import sys
 import time
@@ -35,10 +36,19 @@ from bench_memory import fresh_process_peak  # noqa: E402
 from bench_timing import median_relative_se  # noqa: E402
 
 from atwu_kernels.torch_impl import COMPILE_ENV  # noqa: E402
+from conftest import _version  # noqa: E402
 
 PEER = "peer:cce_torch_compile"
 EAGER = "fused-eager"
 SHAPE = (2048, 512, 32000)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def main(argv=None) -> int:
@@ -85,7 +95,15 @@ def main(argv=None) -> int:
         print(op, json.dumps(report[op]), flush=True)
     print(f"{args.repeats} interleaved rounds after {args.warmup} warm-up, torch threads {torch.get_num_threads()}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(samples_s=samples, report=report), indent=1))
+        provenance = dict(
+            command=" ".join(["python benchmarks/cpu_peer_timing.py", *(argv if argv is not None else sys.argv[1:])]),
+            date=time.strftime("%Y-%m-%d"),
+            cpu=_cpu_model(),
+            threads=torch.get_num_threads(),
+            versions={name: _version(name) for name in ("torch", "cut-cross-entropy", "atwu-fast")},
+            shape=dict(zip("ndv", args.shape)),
+        )
+        Path(args.json).write_text(json.dumps(dict(provenance, samples_s=samples, report=report), indent=1))
     return 0
 
 

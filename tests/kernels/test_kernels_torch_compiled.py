@@ -14,7 +14,7 @@ from helpers import make_problem
 from test_kernels_atwu_head import _check_head
 from test_kernels_token_nll import _check_token_nll
 
-from atwu_kernels import linear_token_nll, torch_impl
+from atwu_kernels import kept, linear_token_nll, torch_impl
 from atwu_kernels.torch_impl import COMPILE_ENV, COMPILE_MIN_ELEMENTS
 
 needs_compiler = pytest.mark.skipif(
@@ -37,9 +37,12 @@ def compile_state(monkeypatch):
                                                          (5.0, 1.7, True)])
 def test_compiled_row_ops_match_the_float64_reference(monkeypatch, compile_state, softcap, logit_scale, bias):
     monkeypatch.setenv(COMPILE_ENV, "1")
+    monkeypatch.setattr(kept, "block_columns", lambda vocab: min(vocab, 37))  # kept logits: several blocks
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a compile failure would fall back silently to eager
-        _check_token_nll("torch", 61, 32, 517, chunk=32, softcap=softcap, logit_scale=logit_scale, bias=bias, seed=3)
+        for keep in (True, False):  # the token NLL's logits kept for backward, and recomputed
+            _check_token_nll("torch", keep, 61, 32, 517, chunk=32, softcap=softcap, logit_scale=logit_scale,
+                             bias=bias, seed=3)  # fmt: skip
         _check_head("torch", 53, 16, 211, chunk=16, softcap=softcap, logit_scale=logit_scale, bias=bias)
     assert compile_state["kernels"] is not None and not compile_state["failed"]
 
@@ -55,8 +58,9 @@ def test_small_chunks_stay_eager_by_default_and_0_turns_it_off(monkeypatch, comp
     monkeypatch.delenv(COMPILE_ENV, raising=False)
     calls = spy_compiled(monkeypatch)
     hidden, weight, labels, _ = make_problem(64, 16, 300, seed=1)
-    linear_token_nll(hidden, weight, labels, chunk_size=32).sum().backward()
-    assert calls == []  # 32 x 300 logits per chunk: far below the threshold
+    for keep in (True, False):
+        linear_token_nll(hidden, weight, labels, chunk_size=32, keep_logits=keep).sum().backward()
+    assert calls == []  # 64 x 300 kept logits, 32 x 300 per chunk: far below the threshold
     assert 32 * 300 < COMPILE_MIN_ELEMENTS
     monkeypatch.setenv(COMPILE_ENV, "0")
     assert not torch_impl._use_compiled(torch.empty(COMPILE_MIN_ELEMENTS, 1))

@@ -14,8 +14,9 @@ holds them so that its peak stays below that path's:
   ``dH += G_b W_b``, ``dW_b = G_bᵀ H`` (a whole slice of ``dW`` from one GEMM: no accumulation
   across blocks), ``db_b = Σ_rows G_b``; the block is then freed. ``dW`` is assembled from its
   slices after the last block, so the kept logits and ``dW`` are never both whole in memory:
-  the peak is ``N'·V·s`` plus one block's slice of ``dW``, below the ``N'·V·s + V·D·s`` of a
-  materialised-logits path that keeps its logits and then forms ``dW``.
+  the peak is ``max(N'·V·s + w·D·s, 2·V·D·s)`` (one block's slice of ``dW``; at the end the
+  slices and their concatenation), below (for N' > D) the ``N'·V·s + V·D·s`` of a materialised-logits path
+  that keeps its logits and then forms ``dW``.
 
 Blocks are :data:`BLOCK_COLUMNS` wide: on CPU, widths from 512 to 8192 columns timed within a few
 percent of each other at N' = 1755 and 7022 counted rows (``python benchmarks/kept_block_width.py``,

@@ -191,6 +191,7 @@ def sweep(
             if grad_bias is not None:
                 grad_bias.add_(z.sum(dim=0, dtype=torch.float32))
         del z
+    del logits, workspace  # before dW is finalised (a cast may allocate another V × D)
 
     return SweepResult(
         lse, nll, coeff_all, grad_hidden, None if grad_weight is None else grad_weight.result(), grad_bias
@@ -224,7 +225,8 @@ class _KeptRows:
         return result if self.rows is None else expand_rows(result, self.rows, self.hidden_shape)
 
     def stats(self) -> SweepResult:
-        return self._full(SweepResult(self.kept.lse, self.kept.nll, None, None, None, None))
+        """``lse`` and ``nll`` over all rows (``nll`` handed over: call once)."""
+        return self._full(SweepResult(*self.kept.take_stats(), None, None, None, None))
 
     def gradients(self, coeff: torch.Tensor, needs, grad_dtypes) -> SweepResult:
         coeff = coeff if self.rows is None else coeff[self.rows]
@@ -238,7 +240,7 @@ def keep_forward(hidden, weight, bias, labels, plan: Plan) -> _KeptRows | None:
     rows = counted_rows(labels, plan.ignore_index, None)
     n_kept = labels.shape[0] if rows is None else rows.shape[0]
     if not keeps_logits(plan.keep_logits, plan.backend.name, hidden.device, plan.compute_dtype, n_kept,
-                        weight.shape[0]):  # fmt: skip
+                        *weight.shape):  # fmt: skip
         return None
     with no_autocast(hidden.device):
         dtype = plan.compute_dtype

@@ -40,10 +40,12 @@ BLOCK_COLUMNS = 2048  # vocabulary columns per kept block
 
 
 def keeps_logits(keep_logits: bool | None, backend_name: str, device: torch.device, compute_dtype: torch.dtype,
-                 n_rows: int, vocab: int) -> bool:  # fmt: skip
+                 n_rows: int, vocab: int, dim: int) -> bool:  # fmt: skip
     """Does a call keep its logits? An explicit choice is followed; ``None`` (auto) keeps them on
-    CPU with the torch backend in fp32 when ``N'·V·4`` bytes fit :data:`KEPT_LOGITS_BUDGET` (on
-    CUDA memory is what the fused losses are for, so the default there never keeps)."""
+    CPU with the torch backend in fp32 when ``N'·V·4`` bytes fit :data:`KEPT_LOGITS_BUDGET` and
+    ``N' ≥ 2·D`` (then ``2·V·D``, the ``dW`` slices and their concatenation, is at most the kept
+    logits, so the peak is the kept logits plus one ``dW`` slice). On CUDA memory is what the fused
+    losses are for, so the default there never keeps."""
     if keep_logits is not None:
         return bool(keep_logits)
     return (
@@ -51,6 +53,7 @@ def keeps_logits(keep_logits: bool | None, backend_name: str, device: torch.devi
         and device.type == "cpu"
         and compute_dtype == torch.float32
         and n_rows * vocab * 4 <= KEPT_LOGITS_BUDGET
+        and n_rows >= 2 * dim
     )
 
 
@@ -88,6 +91,13 @@ class KeptLogits:
         if self.bias is None:
             return self.hidden @ w.t()
         return torch.addmm(self.bias[start : start + self.width], self.hidden, w.t())
+
+    def take_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lse, nll)``, handing ``nll`` over: the op returns it, and a reference kept here would
+        make a cycle (output → its autograd node → this object → output) that holds the kept
+        logits until the cyclic garbage collector runs when no backward comes."""
+        nll, self.nll = self.nll, None
+        return self.lse, nll
 
     @property
     def consumed(self) -> bool:

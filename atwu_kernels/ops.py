@@ -89,10 +89,13 @@ def linear_token_nll(
     logits (8·N·D·V FLOPs in all, one chunk of logits at a time), or the forward keeps the
     counted rows' logits for it (``keep_logits``; 6·N·D·V FLOPs, ``N'·V`` logits held between
     forward and backward, :mod:`atwu_kernels.kept`). ``keep_logits=None``: kept on CPU with the
-    torch backend in fp32 when they fit 1 GiB, else recomputed; ``True`` needs ``impl="torch"``.
+    torch backend in fp32 when they fit 1 GiB and ``N' ≥ 2·D``, else recomputed; ``True`` uses the
+    torch backend (``impl=None``) and refuses another one.
     Labels must be in ``[0, V)`` or ``ignore_index``.
     """
     p = prepare(hidden, weight, labels, bias, ignore_index)
+    if keep_logits and impl is None:
+        impl = "torch"  # the backend that can keep them
     impl = choose("token_nll", impl, hidden, weight, bias, softcap=softcap, logit_scale=logit_scale)
     plan = make_plan(p, impl, softcap, logit_scale, chunk_size, ignore_index, keep_logits)
     if p.any_grad:

@@ -85,16 +85,23 @@ def _block_lse(z: torch.Tensor, transform: LogitTransform, scratch: torch.Tensor
         raw = z[:, start : start + COLUMN_SLICE]
         t = scratch[:rows, : raw.shape[1]]
         if direct:  # t = z − max without a copy of z
-            new_max = torch.maximum(running_max, raw.amax(dim=1))
+            new_max = _finite_or_zero(torch.maximum(running_max, raw.amax(dim=1)))
             torch.sub(raw, new_max.unsqueeze(1), out=t)
         else:
             transform.apply_into(raw, t)
-            new_max = torch.maximum(running_max, t.amax(dim=1))
+            new_max = _finite_or_zero(torch.maximum(running_max, t.amax(dim=1)))
             t.sub_(new_max.unsqueeze(1))
         running_sum.mul_(torch.exp(running_max - new_max))
         running_sum.add_(t.exp_().sum(dim=1))
         running_max = new_max
     return running_max + running_sum.log()
+
+
+def _finite_or_zero(row_max: torch.Tensor) -> torch.Tensor:
+    """The max subtracted before ``exp``: 0 where every logit so far is ``−inf`` (a masked slice or
+    block), so that ``exp(−inf − 0) = 0`` rather than ``exp(−inf + inf) = nan``; the row's
+    log-sum-exp is then ``0 + log 0 = −inf`` until a finite logit comes."""
+    return torch.where(torch.isneginf(row_max), 0.0, row_max)
 
 
 def _slice_grad_in_place(raw, labels, lse, coeff, start):
@@ -175,7 +182,7 @@ def _transformed(z, params, has_scale: bool, has_softcap: bool):
 
 def _stats_body(z, labels, valid, params, has_scale: bool, has_softcap: bool):
     t = _transformed(z, params, has_scale, has_softcap)
-    row_max = t.amax(dim=1, keepdim=True)
+    row_max = _finite_or_zero(t.amax(dim=1, keepdim=True))
     lse = (t - row_max).exp().sum(dim=1).log() + row_max.squeeze(1)
     target = t.gather(1, labels.clamp(0, t.shape[1] - 1).unsqueeze(1)).squeeze(1)
     return lse, torch.where(valid, lse - target, 0.0)

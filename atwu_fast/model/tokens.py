@@ -107,10 +107,11 @@ def forward_answer_tokens(model: PreTrainedModel, batch: dict) -> tuple[AnswerTo
 
 def token_nll(model: PreTrainedModel, tokens: AnswerTokens, chunk_size: int = 1024) -> Tensor:
     """Per-token NLL [N] through the LM head (with the model's logit softcap / scale), chunked (no N×V
-    buffer beyond one chunk)."""
+    buffer beyond one chunk: the logits are recomputed in backward, never kept, so that
+    ``train.loss_chunk_size`` bounds the head's memory as the planner models it)."""
     weight, bias = lm_head(model)
     return linear_token_nll(tokens.hidden_pred, weight, tokens.targets, bias=bias, chunk_size=chunk_size,
-                            **logit_transform(model))
+                            keep_logits=False, **logit_transform(model))
 
 
 def map_answer_tokens(model: PreTrainedModel, rows: list[dict], pad_id: int, batch_size: int,

@@ -94,13 +94,72 @@ def test_a_second_backward_recomputes_the_same_gradients(monkeypatch):
 def test_the_auto_rule():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     fits = kept.KEPT_LOGITS_BUDGET // (4 * 1000)
-    assert kept.keeps_logits(None, "torch", cpu, torch.float32, fits, 1000)
-    assert not kept.keeps_logits(None, "torch", cpu, torch.float32, fits + 1, 1000)
-    assert not kept.keeps_logits(None, "torch", cpu, torch.bfloat16, 10, 1000)
-    assert not kept.keeps_logits(None, "torch", cuda, torch.float32, 10, 1000)
-    assert not kept.keeps_logits(None, "triton", cuda, torch.float32, 10, 1000)
-    assert kept.keeps_logits(True, "torch", cuda, torch.bfloat16, 10**9, 10**6)
-    assert not kept.keeps_logits(False, "torch", cpu, torch.float32, 10, 1000)
+    assert kept.keeps_logits(None, "torch", cpu, torch.float32, fits, 1000, 64)
+    assert not kept.keeps_logits(None, "torch", cpu, torch.float32, fits + 1, 1000, 64)  # over the budget
+    assert kept.keeps_logits(None, "torch", cpu, torch.float32, 128, 1000, 64)
+    assert not kept.keeps_logits(None, "torch", cpu, torch.float32, 127, 1000, 64)  # N' < 2·D
+    assert not kept.keeps_logits(None, "torch", cpu, torch.bfloat16, 128, 1000, 64)
+    assert not kept.keeps_logits(None, "torch", cuda, torch.float32, 128, 1000, 64)
+    assert not kept.keeps_logits(None, "triton", cuda, torch.float32, 128, 1000, 64)
+    assert kept.keeps_logits(True, "torch", cuda, torch.bfloat16, 10, 10**6, 4096)
+    assert not kept.keeps_logits(False, "torch", cpu, torch.float32, 128, 1000, 64)
+
+
+def test_auto_recomputes_when_fewer_rows_than_twice_the_hidden_size():
+    """Below N' = 2·D the dW slices and their concatenation (2·V·D) would outweigh the kept logits."""
+    hidden, weight, labels, _ = make_problem(20, 16, V, seed=4)
+    assert _gemm_flops(lambda: linear_token_nll(hidden, weight, labels).sum().backward()) == 8 * 20 * 16 * V
+
+
+def test_keep_logits_true_takes_the_torch_backend_whatever_the_default(monkeypatch):
+    monkeypatch.setenv("ATWU_KERNELS_IMPL", "triton")  # what impl=None would otherwise use
+    hidden, weight, labels = _problem()
+    assert _gemm_flops(_nll_step(hidden, weight, labels, keep_logits=True)) == 6 * _counted(labels) * D * V
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_masked_block_of_the_vocabulary(monkeypatch, keep):
+    """Logits of −inf over a whole kept block (37 columns) or a whole 8192-column slice of a chunk (a
+    masked vocabulary range): finite NLL and gradients, equal to F.cross_entropy's."""
+    monkeypatch.setattr(kept, "block_columns", lambda vocab: min(vocab, 37))
+    check_masked_vocabulary(keep)
+
+
+def check_masked_vocabulary(keep: bool) -> None:
+    vocab = 8192 + 100
+    hidden, weight, labels, _ = make_problem(12, 8, vocab, seed=6)
+    bias = torch.zeros(vocab)
+    bias[:8192] = float("-inf")  # the first slice of a chunk and many whole blocks
+    labels = 8192 + labels % 100
+    upstream = torch.linspace(-1, 2, 12)
+    nll = linear_token_nll(hidden, weight, labels, bias=bias, keep_logits=keep)
+    (nll * upstream).sum().backward()
+    h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(h64 @ w64.t() + bias.double(), labels, reduction="none")
+    (ref * upstream.double()).sum().backward()
+    assert torch.isfinite(nll).all() and torch.isfinite(hidden.grad).all() and torch.isfinite(weight.grad).all()
+    assert_close(nll, ref, what="nll")
+    assert_close(hidden.grad, h64.grad, what="grad hidden")
+    assert_close(weight.grad, w64.grad, what="grad weight")
+
+
+def test_kept_logits_are_freed_without_a_backward(monkeypatch):
+    """No reference cycle holds the kept blocks once the output is dropped (cyclic GC off)."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(kept, "block_columns", lambda vocab: 100)
+    hidden, weight, labels, _ = make_problem(N, D, V, seed=4)  # no ignored row: the output is the kept NLL
+    nll = linear_token_nll(hidden, weight, labels, keep_logits=True)
+    node = nll.grad_fn.next_functions[0][0]  # past the reshape: the op's autograd node
+    block = weakref.ref(node.kept.kept.blocks[0][1])
+    del node
+    gc.disable()
+    try:
+        del nll
+        assert block() is None
+    finally:
+        gc.enable()
 
 
 def test_block_columns():

@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import make_problem
 from test_kernels_atwu_head import _check_head
+from test_kernels_kept import check_masked_vocabulary
 from test_kernels_token_nll import _check_token_nll
 
 from atwu_kernels import kept, linear_token_nll, torch_impl
@@ -43,6 +44,7 @@ def test_compiled_row_ops_match_the_float64_reference(monkeypatch, compile_state
         for keep in (True, False):  # the token NLL's logits kept for backward, and recomputed
             _check_token_nll("torch", keep, 61, 32, 517, chunk=32, softcap=softcap, logit_scale=logit_scale,
                              bias=bias, seed=3)  # fmt: skip
+            check_masked_vocabulary(keep)  # −inf over whole blocks and a whole first slice
         _check_head("torch", 53, 16, 211, chunk=16, softcap=softcap, logit_scale=logit_scale, bias=bias)
     assert compile_state["kernels"] is not None and not compile_state["failed"]
 

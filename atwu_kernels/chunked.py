@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from .coefficients import AtwuCoefficients
-from .gemm_accumulate import WeightGradAccumulator, hidden_grad_into
+from .gemm_accumulate import WeightGradAccumulator, hidden_grad_into, linear_logits
 from .inputs import no_autocast
 from .kept import KeptLogits, keeps_logits
 from .transform import LogitTransform
@@ -109,15 +109,6 @@ def expand_rows(result: SweepResult, rows: torch.Tensor, hidden_shape) -> SweepR
                        full(result.grad_hidden, hidden_shape), result.grad_weight, result.grad_bias)
 
 
-def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-    """``out ← h Wᵀ (+ b)``: one logits buffer for every chunk of a sweep, so the pages of a
-    freshly allocated chunk-sized buffer are not faulted in again per chunk (on CPU that costs
-    about a fifth of the logits GEMM at V=32000)."""
-    if bias is None:
-        return torch.mm(h, weight.t(), out=out)
-    return torch.addmm(bias, h, weight.t(), out=out)
-
-
 def sweep(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -164,6 +155,8 @@ def sweep(
         torch.zeros(weight.shape[0], dtype=torch.float32, device=device) if want_any_grad and want_grad_bias else None
     )
     workspace = ops.workspace(min(chunk_size, n_rows), weight.shape[0], device)
+    # one logits buffer for every chunk: the pages of a freshly allocated chunk-sized buffer would be
+    # faulted in again per chunk (on CPU about a fifth of the logits GEMM at V=32000)
     logits = torch.empty(min(chunk_size, n_rows), weight.shape[0], dtype=hidden.dtype, device=device)
 
     for start in range(0, n_rows, chunk_size):
@@ -171,7 +164,7 @@ def sweep(
         h = hidden[rows]
         y = labels[rows]
         valid = y != plan.ignore_index
-        z = _chunk_logits(h, weight, bias, logits[: h.shape[0]])
+        z = linear_logits(h, weight, bias, out=logits[: h.shape[0]])
         if compute_stats and coefficients is not None:
             lse[rows], nll[rows], coeff_all[rows] = ops.chunk_stats_coeff_grad_(
                 z, y, valid, plan.transform, plan.ignore_index, coefficients, rows, want_any_grad, workspace
@@ -237,6 +230,8 @@ class _KeptRows:
 def keep_forward(hidden, weight, bias, labels, plan: Plan) -> _KeptRows | None:
     """The forward of a call that keeps its logits (:mod:`atwu_kernels.kept`), or ``None`` when the
     plan does not keep them for this problem."""
+    if plan.keep_logits is False:  # before counting rows: the sweep counts them again
+        return None
     rows = counted_rows(labels, plan.ignore_index, None)
     n_kept = labels.shape[0] if rows is None else rows.shape[0]
     if not keeps_logits(plan.keep_logits, plan.backend.name, hidden.device, plan.compute_dtype, n_kept,

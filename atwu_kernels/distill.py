@@ -46,16 +46,12 @@ from __future__ import annotations
 import torch
 
 from .dispatch import resolve_impl
+from .gemm_accumulate import linear_logits
 from .selfcheck import choose
 from .transform import LogitTransform
 
 DEFAULT_DISTILL_CHUNK = 512
 DISTILL_IMPLEMENTATIONS = ("torch", "triton")
-
-
-def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    raw = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
-    return raw
 
 
 def _softmax_(x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +78,8 @@ class _LinearDistillation(torch.autograd.Function):
             for lo in range(0, n, chunk):
                 rows = slice(lo, lo + chunk)
                 y = labels[rows]
-                z = transform.apply(_logits(hidden[rows], weight, bias))
-                q = _target(_logits(teacher_hidden[rows], teacher_weight, teacher_bias), y, shift, transform)
+                z = transform.apply(linear_logits(hidden[rows], weight, bias))
+                q = _target(linear_logits(teacher_hidden[rows], teacher_weight, teacher_bias), y, shift, transform)
                 lse = z.logsumexp(-1)
                 loss[rows] = lse - q.mul_(z).sum(-1)
                 nll[rows] = lse - z.gather(1, y[:, None])[:, 0]
@@ -107,11 +103,11 @@ class _LinearDistillation(torch.autograd.Function):
         with torch.no_grad():
             for lo in range(0, hidden.shape[0], chunk):
                 rows = slice(lo, lo + chunk)
-                raw = _logits(hidden[rows], weight, bias)
+                raw = linear_logits(hidden[rows], weight, bias)
                 derivative = transform.derivative(raw)  # dt/dz: a tensor only with a soft cap
                 g = _softmax_(transform.apply(raw))
                 del raw
-                g.sub_(_target(_logits(teacher_hidden[rows], teacher_weight, teacher_bias), labels[rows], ctx.shift,
+                g.sub_(_target(linear_logits(teacher_hidden[rows], teacher_weight, teacher_bias), labels[rows], ctx.shift,
                                transform))
                 g.mul_(coeff[rows, None]).mul_(derivative)  # ∂/∂t, then ∂/∂z
                 if need_h:

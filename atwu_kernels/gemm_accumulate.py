@@ -1,4 +1,5 @@
-"""The two gradient GEMMs of the chunked path: ``dH_c = G_c W`` and ``dW = Σ_c G_cᵀ H_c``.
+"""The GEMMs of the chunked paths: the logits ``H_c Wᵀ (+ b)`` (:func:`linear_logits`) and the two
+gradient GEMMs ``dH_c = G_c W`` and ``dW = Σ_c G_cᵀ H_c``.
 
 Precision and traffic of ``dW`` (``V × D``; 2.1 GB in fp32 at V=128256, D=4096):
 
@@ -36,6 +37,14 @@ def fp32_output_gemm_supported(device_type: str, device_index: int | None) -> bo
     except (RuntimeError, NotImplementedError, TypeError):
         return False
     return product.dtype == torch.float32 and bool((acc == 16.5).all())
+
+
+def linear_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Raw logits ``h Wᵀ (+ b)`` (one library GEMM), into ``out`` when given."""
+    if bias is None:
+        return torch.mm(h, weight.t(), out=out)
+    return torch.addmm(bias, h, weight.t(), out=out)
 
 
 def _fp32_gemm(t: torch.Tensor) -> bool:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_impl
+from .gemm_accumulate import linear_logits
 from .transform import LogitTransform
 
 KEPT_LOGITS_BUDGET = 1 << 30  # bytes of kept logits ``keep_logits=None`` allows (CPU, torch backend)
@@ -87,10 +88,8 @@ class KeptLogits:
         self.nll = torch.where(valid, lse - transform.apply(target), 0.0)
 
     def _logits(self, start: int) -> torch.Tensor:
-        w = self.weight[start : start + self.width]
-        if self.bias is None:
-            return self.hidden @ w.t()
-        return torch.addmm(self.bias[start : start + self.width], self.hidden, w.t())
+        columns = slice(start, start + self.width)
+        return linear_logits(self.hidden, self.weight[columns], None if self.bias is None else self.bias[columns])
 
     def take_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lse, nll)``, handing ``nll`` over: the op returns it, and a reference kept here would
@@ -99,16 +98,10 @@ class KeptLogits:
         nll, self.nll = self.nll, None
         return self.lse, nll
 
-    @property
-    def consumed(self) -> bool:
-        return not self.blocks
-
     def gradients(self, coeff: torch.Tensor, want_hidden: bool, want_weight: bool, want_bias: bool,
                   grad_dtypes: tuple[torch.dtype, torch.dtype]):  # fmt: skip
         """``(dH, dW, db)`` of ``Σ c_i ℓ_i`` (``coeff`` fp32 over the kept rows; ``None`` for a
         gradient not wanted; ``db`` fp32). Frees each block once used: callable once."""
-        if self.consumed:
-            raise RuntimeError("atwu_kernels: the kept logits were already used by a backward")
         coeff = torch.where(self.valid, coeff.to(torch.float32), 0.0).contiguous()
         hidden_dtype, weight_dtype = grad_dtypes
         grad_hidden = torch.zeros(self.hidden.shape, dtype=torch.float32, device=self.hidden.device) if want_hidden else None

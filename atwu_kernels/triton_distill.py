@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .gemm_accumulate import WeightGradAccumulator, hidden_grad_into
+from .gemm_accumulate import WeightGradAccumulator, hidden_grad_into, linear_logits
 from .inputs import no_autocast
 from .interpreter import triton_interpreting
 from .transform import LogitTransform
@@ -195,10 +195,6 @@ def run_distill_rows(z, u, labels, valid, transform: LogitTransform, shift: floa
     return (lse_z, lse_q, loss, nll) if stats else None
 
 
-def _logits(h, weight, bias):
-    return h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
-
-
 class LinearDistillationTriton(torch.autograd.Function):
     """The Triton twin of :class:`atwu_kernels.distill._LinearDistillation` (same arguments).
 
@@ -216,8 +212,8 @@ class LinearDistillationTriton(torch.autograd.Function):
         with torch.no_grad(), no_autocast(device):
             for lo in range(0, n, chunk):
                 rows = slice(lo, lo + chunk)
-                z = _logits(hidden[rows], weight, bias)
-                u = _logits(teacher_hidden[rows], teacher_weight, teacher_bias)
+                z = linear_logits(hidden[rows], weight, bias)
+                u = linear_logits(teacher_hidden[rows], teacher_weight, teacher_bias)
                 lse_z[rows], lse_q[rows], loss[rows], nll[rows] = run_distill_rows(
                     z, u, labels[rows], valid[rows], transform, shift
                 )
@@ -249,8 +245,8 @@ class LinearDistillationTriton(torch.autograd.Function):
             if need_h or need_w or need_b:
                 for lo in range(0, n, chunk):
                     rows = slice(lo, lo + chunk)
-                    g = _logits(hidden[rows], weight, bias)
-                    u = _logits(teacher_hidden[rows], teacher_weight, teacher_bias)
+                    g = linear_logits(hidden[rows], weight, bias)
+                    u = linear_logits(teacher_hidden[rows], teacher_weight, teacher_bias)
                     run_distill_rows(
                         g,
                         u,

@@ -21,13 +21,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from cpuinfo import get_cpu_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,14 +41,6 @@ from conftest import _version  # noqa: E402
 PEER = "peer:cce_torch_compile"
 EAGER = "fused-eager"
 SHAPE = (2048, 512, 32000)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 def main(argv=None) -> int:
@@ -98,7 +90,7 @@ def main(argv=None) -> int:
         provenance = dict(
             command=" ".join(["python benchmarks/cpu_peer_timing.py", *(argv if argv is not None else sys.argv[1:])]),
             date=time.strftime("%Y-%m-%d"),
-            cpu=_cpu_model(),
+            cpu=get_cpu_info().get("brand_raw", ""),  # what pytest-benchmark records as the CPU
             threads=torch.get_num_threads(),
             versions={name: _version(name) for name in ("torch", "cut-cross-entropy", "atwu-fast")},
             shape=dict(zip("ndv", args.shape)),
